@@ -1,0 +1,66 @@
+"""Everything in accounts that reads. Tenant-owned reads take the organization first."""
+
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+
+from accounts.models import ApiKey, AuditEvent, Membership, Organization, User
+
+
+def api_key_by_digest(digest: str) -> ApiKey | None:
+    return (
+        ApiKey.objects.select_related("membership__user", "membership__organization")
+        .filter(digest=digest)
+        .first()
+    )
+
+
+def membership_list(organization: Organization) -> QuerySet[Membership]:
+    return Membership.objects.filter(organization=organization).select_related("user").order_by("user__username")
+
+
+def membership_get(organization: Organization, user_id) -> Membership:
+    """The user's membership in this organization; another organization's user is simply not found."""
+    return get_object_or_404(membership_list(organization), user_id=user_id)
+
+
+def membership_for_user(user: User, organization_id=None) -> Membership | None:
+    """The membership a session acts through: the chosen organization, else the user's first active one."""
+    memberships = Membership.objects.select_related("organization", "user").filter(user=user, is_active=True)
+    if organization_id is not None:
+        chosen = memberships.filter(organization_id=organization_id).first()
+        if chosen is not None:
+            return chosen
+    return memberships.order_by("id").first()
+
+
+def api_key_list(organization: Organization, *, user: User | None = None) -> QuerySet[ApiKey]:
+    keys = ApiKey.objects.filter(membership__organization=organization).select_related("membership__user")
+    if user is not None:
+        keys = keys.filter(membership__user=user)
+    return keys
+
+
+def api_key_get(organization: Organization, key_id, *, user: User | None = None) -> ApiKey:
+    return get_object_or_404(api_key_list(organization, user=user), pk=key_id)
+
+
+def audit_event_list(organization: Organization, *, action: str = "", actor: str = "") -> QuerySet[AuditEvent]:
+    events = AuditEvent.objects.filter(organization=organization)
+    if action:
+        # "user" matches user.created, user.role_changed, …; a full name matches exactly.
+        events = events.filter(action=action) if "." in action else events.filter(action__startswith=f"{action}.")
+    if actor:
+        events = events.filter(actor_id=int(actor)) if actor.isdigit() else events.filter(actor_username=actor)
+    return events.order_by("-created_at", "-id")
+
+
+def organization_list() -> QuerySet[Organization]:
+    return Organization.objects.all()
+
+
+def organization_by_slug(slug: str) -> Organization | None:
+    return Organization.objects.filter(slug=slug).first()
+
+
+def admin_exists() -> bool:
+    return User.objects.filter(is_superuser=True).exists()

@@ -1,0 +1,111 @@
+"""One error shape everywhere: {"error": "<message>", "error_type": "<kind>"} (TGI's shape).
+
+REST views raise DRF exceptions (or the ones below, which carry their own
+error_type); the handler turns every one of them into that shape. Plain Django
+404/500 under API paths get the same JSON instead of an HTML page.
+"""
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
+from django.views.defaults import page_not_found, server_error
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+API_PATH_PREFIXES = ("/admin/", "/keys/", "/me", "/v1/", "/api/", "/proxy/")
+
+
+class PortalError(exceptions.APIException):
+    """Base for the portal's own errors: each subclass names its error_type."""
+
+    error_type = "error"
+
+
+class Conflict(PortalError):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state."
+    error_type = "conflict"
+
+
+_ERROR_TYPES = [
+    (exceptions.ValidationError, "validation"),
+    (exceptions.ParseError, "validation"),
+    (exceptions.UnsupportedMediaType, "unsupported_media_type"),
+    (exceptions.NotAuthenticated, "authentication"),
+    (exceptions.AuthenticationFailed, "authentication"),
+    (exceptions.PermissionDenied, "permission_denied"),
+    (exceptions.NotFound, "not_found"),
+    (exceptions.MethodNotAllowed, "method_not_allowed"),
+    (exceptions.NotAcceptable, "not_acceptable"),
+    (exceptions.Throttled, "rate_limited"),
+]
+
+
+def error_payload(message: str, error_type: str, **extra) -> dict:
+    return {"error": message, "error_type": error_type, **extra}
+
+
+def error_response(message: str, error_type: str, status_code: int, headers: dict | None = None, **extra):
+    return JsonResponse(error_payload(message, error_type, **extra), status=status_code, headers=headers)
+
+
+def _error_type_of(exc: exceptions.APIException) -> str:
+    if isinstance(exc, PortalError):
+        return exc.error_type
+    for exc_class, error_type in _ERROR_TYPES:
+        if isinstance(exc, exc_class):
+            return error_type
+    return "error"
+
+
+def _validation_message(detail) -> str:
+    """A sentence naming the first problem, so a human reading only `error` knows what to fix."""
+    if isinstance(detail, dict):
+        for field, problems in detail.items():
+            inner = _validation_message(problems)
+            return inner if field == "non_field_errors" else f"{field}: {inner}"
+    if isinstance(detail, list) and detail:
+        return _validation_message(detail[0])
+    return str(detail)
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if not isinstance(exc, exceptions.APIException):
+        return None  # unexpected: Django logs it and handler500 answers in JSON
+
+    headers = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(int(exc.wait))
+
+    error_type = _error_type_of(exc)
+    if isinstance(exc, exceptions.ValidationError):
+        fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        payload = error_payload(_validation_message(exc.detail), error_type, fields=fields)
+    else:
+        payload = error_payload(str(exc.detail), error_type)
+    return Response(payload, status=exc.status_code, headers=headers)
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PATH_PREFIXES)
+
+
+def handler404(request, exception=None):
+    if is_api_path(request.path):
+        return error_response("Not found.", "not_found", 404)
+    return page_not_found(request, exception)
+
+
+def handler500(request):
+    if is_api_path(request.path):
+        return error_response("Internal server error.", "server_error", 500)
+    return server_error(request)

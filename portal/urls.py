@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+urlpatterns = [
+    path("", include("accounts.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # /admin/ is the portal's REST API; Django's own admin site lives here.
+    path("django-admin/", admin.site.urls),
+]
+
+handler404 = "portal.errors.handler404"
+handler500 = "portal.errors.handler500"
