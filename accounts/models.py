@@ -55,6 +55,14 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    pool = models.ForeignKey(
+        "tokens.TokenPool",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="When set, the key leases only from this pool.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

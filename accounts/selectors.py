@@ -8,7 +8,7 @@ from accounts.models import ApiKey, AuditEvent, Membership, Organization, User
 
 def api_key_by_digest(digest: str) -> ApiKey | None:
     return (
-        ApiKey.objects.select_related("membership__user", "membership__organization")
+        ApiKey.objects.select_related("membership__user", "membership__organization", "pool")
         .filter(digest=digest)
         .first()
     )

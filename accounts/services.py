@@ -11,31 +11,11 @@ from django.utils.text import slugify
 from rest_framework.exceptions import ValidationError
 
 from accounts.keys import MIN_PROVIDED_KEY_LENGTH, digest_api_key, display_prefix, generate_api_key
-from accounts.models import ApiKey, AuditEvent, Membership, Organization, User
+from accounts.audit import audit_record
+from accounts.models import ApiKey, Membership, Organization, User
 from accounts.roles import Role
 from portal.errors import Conflict
-
-
-def audit_record(
-    *,
-    organization: Organization | None,
-    actor: User | None,
-    action: str,
-    target=None,
-    ip: str | None = None,
-    data: dict | None = None,
-) -> AuditEvent:
-    return AuditEvent.objects.create(
-        organization=organization,
-        actor=actor,
-        actor_username=actor.username if actor else "",
-        action=action,
-        target_type=target._meta.model_name if target is not None else "",
-        target_id=str(target.pk) if target is not None else "",
-        target_repr=str(target)[:200] if target is not None else "",
-        data=data or {},
-        ip=ip,
-    )
+from tokens.services import pool_ensure_default
 
 
 @transaction.atomic
@@ -49,6 +29,7 @@ def organization_create(*, name: str, slug: str = "", actor: User | None, ip: st
     organization.full_clean()
     organization.save()
     audit_record(organization=organization, actor=actor, action="organization.created", target=organization, ip=ip)
+    pool_ensure_default(organization)
     return organization
 
 

@@ -5,7 +5,7 @@ from functools import cached_property
 from rest_framework import exceptions
 from rest_framework.views import APIView
 
-from accounts.models import Membership, Organization, User
+from accounts.models import ApiKey, Membership, Organization, User
 from accounts.permissions import membership_has, request_membership
 from portal.pagination import Pagination
 
@@ -21,6 +21,11 @@ class TenantAPIView(APIView):
     @property
     def organization(self) -> Organization:
         return self.membership.organization
+
+    @property
+    def api_key(self) -> ApiKey | None:
+        """The key the request came with; None for a dashboard session."""
+        return self.request.auth if isinstance(self.request.auth, ApiKey) else None
 
     @property
     def actor(self) -> User:

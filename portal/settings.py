@@ -168,6 +168,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "TokenStatusEnum": "tokens.policy.Status.CHOICES",
+        "ReportStatusEnum": ["success", "error"],
+    },
 }
 
 # --- Portal -------------------------------------------------------------------
@@ -183,3 +187,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# Where Hugging Face lives; tests and `make demo` point these at the project's stand-in upstream.
+HF_API_BASE = os.environ.get("HF_API_BASE", "https://huggingface.co").rstrip("/")
+HF_INFERENCE_BASE_URL = os.environ.get("HF_INFERENCE_BASE_URL", "https://router.huggingface.co/v1").rstrip("/")
+# Seconds a lease stays open without a report before it expires (new pools start with this).
+PORTAL_LEASE_TTL = int(os.environ.get("PORTAL_LEASE_TTL", "600"))

@@ -1,0 +1,172 @@
+"""The quarantine rules, as pure functions: current state + report + now -> new state.
+
+No database, no clock of its own: services read the token, ask these functions
+and save what they return, so every rule is testable with plain values.
+"""
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+
+
+class Status:
+    ACTIVE = "active"
+    COOLING = "cooling"
+    QUARANTINED = "quarantined"
+    INVALID = "invalid"
+    DISABLED = "disabled"
+
+    CHOICES = [(s, s) for s in (ACTIVE, COOLING, QUARANTINED, INVALID, DISABLED)]
+    # Out of rotation only until their available_at passes.
+    TIMED = frozenset({COOLING, QUARANTINED})
+
+
+class ErrorType:
+    INVALID_CREDENTIALS = "invalid_credentials"
+    CREDITS_EXCEEDED = "credits_exceeded"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    SERVER_ERROR = "server_error"
+    UNKNOWN = "unknown"
+
+    ALL = (INVALID_CREDENTIALS, CREDITS_EXCEEDED, RATE_LIMITED, TIMEOUT, CONNECTION_ERROR, SERVER_ERROR, UNKNOWN)
+    # Faults of the path, not of the token: only a run of them trips the breaker.
+    TRANSIENT = frozenset({TIMEOUT, CONNECTION_ERROR, SERVER_ERROR, UNKNOWN})
+
+
+def classify_error(error: str | None) -> str:
+    """hf_token_utils' rules in its order, plus rate limits; anything else is unknown."""
+    text = error or ""
+    lowered = text.lower()
+    if "401 Client Error" in text:
+        return ErrorType.INVALID_CREDENTIALS
+    if "402 Client Error" in text and "exceeded your monthly included credits" in text:
+        return ErrorType.CREDITS_EXCEEDED
+    if "timeout" in lowered or "timed out" in lowered:
+        return ErrorType.TIMEOUT
+    if "connection" in text:
+        return ErrorType.CONNECTION_ERROR
+    if "429" in text or "rate limit" in lowered:
+        return ErrorType.RATE_LIMITED
+    return ErrorType.UNKNOWN
+
+
+@dataclass(frozen=True)
+class QuarantinePolicy:
+    """Per-pool settings; the defaults are the README's quarantine table."""
+
+    credits_stages_seconds: tuple[int, ...] = (3600, 6 * 3600, 24 * 3600)
+    rate_limit_base_seconds: int = 60
+    rate_limit_max_seconds: int = 15 * 60
+    breaker_threshold: int = 3
+    breaker_cooldown_seconds: int = 5 * 60
+
+
+@dataclass(frozen=True)
+class TokenState:
+    status: str = Status.ACTIVE
+    available_at: datetime | None = None
+    quarantine_stage: int = 0
+    consecutive_failures: int = 0
+    rate_limit_streak: int = 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    state: TokenState
+    reason: str = ""  # set when the status changed, for the token's event history
+    changed: bool = field(default=False)
+
+
+def first_of_next_month(now: datetime) -> datetime:
+    """00:00 UTC on the 1st of next month, when Hugging Face resets monthly credits."""
+    now = now.astimezone(timezone.utc)
+    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+    return datetime(year, month, 1, tzinfo=timezone.utc)
+
+
+def quarantine_until(stage: int, now: datetime, policy: QuarantinePolicy) -> datetime:
+    """End of the credits quarantine for stage 1, 2, …: the configured steps, then the monthly reset."""
+    if stage <= len(policy.credits_stages_seconds):
+        return now + timedelta(seconds=policy.credits_stages_seconds[stage - 1])
+    return first_of_next_month(now)
+
+
+def is_due(state: TokenState, now: datetime) -> bool:
+    """A cooling or quarantined token whose time is up."""
+    return state.status in Status.TIMED and (state.available_at is None or state.available_at <= now)
+
+
+def is_eligible(state: TokenState, now: datetime) -> bool:
+    return state.status == Status.ACTIVE or is_due(state, now)
+
+
+def release_if_due(state: TokenState, now: datetime) -> TokenState:
+    """A timed-out token is active again; its quarantine stage stays until a success proves it recovered."""
+    if is_due(state, now):
+        return replace(state, status=Status.ACTIVE, available_at=None)
+    return state
+
+
+def next_state(
+    state: TokenState, *, success: bool, error_type: str | None, now: datetime, policy: QuarantinePolicy
+) -> Transition:
+    """Apply one report. Late reports about a token already out of rotation never extend or escalate it."""
+    before = state
+    state = release_if_due(state, now)
+    if state.status in (Status.DISABLED, Status.INVALID):
+        # Out of rotation by a person or by validation; reports do not move it.
+        return Transition(state, changed=state != before)
+
+    if success:
+        recovered = replace(state, consecutive_failures=0, rate_limit_streak=0)
+        if state.status == Status.ACTIVE:
+            recovered = replace(recovered, quarantine_stage=0)
+        return _transition(before, recovered, "")
+
+    if error_type == ErrorType.INVALID_CREDENTIALS:
+        return _transition(
+            before,
+            replace(state, status=Status.INVALID, available_at=None, consecutive_failures=state.consecutive_failures + 1),
+            "invalid credentials reported (401): out of rotation until a validation succeeds",
+        )
+
+    if state.status in Status.TIMED:  # a late report about a token already cooling or quarantined
+        return _transition(before, replace(state, consecutive_failures=state.consecutive_failures + 1), "")
+
+    if error_type == ErrorType.CREDITS_EXCEEDED:
+        stage = state.quarantine_stage + 1
+        until = quarantine_until(stage, now, policy)
+        return _transition(
+            before,
+            replace(state, status=Status.QUARANTINED, available_at=until, quarantine_stage=stage),
+            f"monthly credits exceeded (402): quarantine stage {stage} until {until.isoformat()}",
+        )
+
+    if error_type == ErrorType.RATE_LIMITED:
+        streak = state.rate_limit_streak + 1
+        seconds = min(policy.rate_limit_base_seconds * 2 ** (streak - 1), policy.rate_limit_max_seconds)
+        return _transition(
+            before,
+            replace(state, status=Status.COOLING, available_at=now + timedelta(seconds=seconds), rate_limit_streak=streak),
+            f"rate limited (429): cooling {seconds} s",
+        )
+
+    failures = state.consecutive_failures + 1
+    state = replace(state, consecutive_failures=failures)
+    if failures >= policy.breaker_threshold:
+        # The count is kept while cooling, so after the cooldown a single further failure trips it
+        # again (half-open); a success resets it.
+        cooldown = policy.breaker_cooldown_seconds
+        return _transition(
+            before,
+            replace(state, status=Status.COOLING, available_at=now + timedelta(seconds=cooldown)),
+            f"{failures} consecutive {error_type or 'unknown'} errors: circuit open, cooling {cooldown} s",
+        )
+    return _transition(before, state, "")
+
+
+def _transition(before: TokenState, after: TokenState, reason: str) -> Transition:
+    if after.status != before.status and not reason:
+        reason = f"{before.status} -> {after.status}"
+    return Transition(after, reason=reason if after.status != before.status else "", changed=after != before)

@@ -1,0 +1,441 @@
+"""Everything in tokens that writes: pools, tokens, leases and reports, one function per use case."""
+
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from rest_framework import exceptions
+
+from accounts.audit import audit_record
+from accounts.models import ApiKey, Organization, User
+from portal.errors import Conflict, PortalError
+from portal.redact import redact_secrets
+from tokens import hf_api, selectors
+from tokens.crypto import decrypt_secret, encrypt_secret, secret_fingerprint
+from tokens.models import HFToken, Lease, Outcome, Strategy, TokenEvent, TokenPool
+from tokens.policy import ErrorType, Status, Transition, classify_error, next_state, release_if_due
+
+
+class NoTokenAvailable(PortalError):
+    status_code = 503
+    error_type = "no_token_available"
+
+    def __init__(self, pool: TokenPool, retry_after: int | None):
+        when = f"; one returns in {retry_after} s" if retry_after else "; none will return by itself"
+        super().__init__(f"No token of pool '{pool.name}' is available{when}.")
+        self.wait = retry_after  # the error handler turns it into Retry-After
+
+
+# --- Pools --------------------------------------------------------------------------------------
+
+
+def pool_ensure_default(organization: Organization) -> TokenPool:
+    pool, _ = TokenPool.objects.get_or_create(
+        organization=organization,
+        name=TokenPool.DEFAULT_NAME,
+        defaults={"lease_ttl_seconds": settings.PORTAL_LEASE_TTL, "description": "Created with the organization."},
+    )
+    return pool
+
+
+@transaction.atomic
+def pool_create(*, organization: Organization, name: str, actor: User | None, ip: str | None = None, **fields) -> TokenPool:
+    if TokenPool.objects.filter(organization=organization, name=name).exists():
+        raise Conflict(f"A pool named '{name}' already exists.")
+    fields.setdefault("lease_ttl_seconds", settings.PORTAL_LEASE_TTL)
+    pool = TokenPool(organization=organization, name=name, **fields)
+    pool.full_clean()
+    pool.save()
+    audit_record(organization=organization, actor=actor, action="pool.created", target=pool, ip=ip)
+    return pool
+
+
+@transaction.atomic
+def pool_update(*, pool: TokenPool, actor: User | None, ip: str | None = None, **fields) -> TokenPool:
+    if "name" in fields and fields["name"] != pool.name:
+        if pool.name == TokenPool.DEFAULT_NAME:
+            raise Conflict("The default pool keeps its name.")
+        if TokenPool.objects.filter(organization=pool.organization, name=fields["name"]).exists():
+            raise Conflict(f"A pool named '{fields['name']}' already exists.")
+    for name, value in fields.items():
+        setattr(pool, name, value)
+    pool.full_clean()
+    pool.save()
+    audit_record(
+        organization=pool.organization, actor=actor, action="pool.updated", target=pool, ip=ip,
+        data={"fields": sorted(fields)},
+    )
+    return pool
+
+
+@transaction.atomic
+def pool_delete(*, pool: TokenPool, actor: User | None, ip: str | None = None) -> None:
+    if pool.name == TokenPool.DEFAULT_NAME:
+        raise Conflict("The default pool cannot be deleted.")
+    if pool.tokens.exists():
+        raise Conflict("Move or delete the pool's tokens first.")
+    if ApiKey.objects.filter(pool=pool).exists():
+        raise Conflict("API keys are pinned to this pool; revoke or re-pin them first.")
+    audit_record(organization=pool.organization, actor=actor, action="pool.deleted", target=pool, ip=ip)
+    pool.delete()
+
+
+# --- Tokens -------------------------------------------------------------------------------------
+
+
+def _record_status_change(token: HFToken, before: str, reason: str, actor_username: str = "") -> None:
+    if token.status != before:
+        TokenEvent.objects.create(
+            organization_id=token.organization_id, token=token, from_status=before, to_status=token.status,
+            reason=reason[:300], actor_username=actor_username,
+        )
+
+
+def token_add(
+    *,
+    organization: Organization,
+    pool: TokenPool,
+    secret: str,
+    label: str = "",
+    weight: int = 1,
+    max_concurrent_leases: int | None = None,
+    actor: User | None,
+    ip: str | None = None,
+) -> HFToken:
+    secret = secret.strip()
+    token = HFToken(
+        organization=organization,
+        pool=pool,
+        label=label or f"token …{secret[-4:]}",
+        weight=weight,
+        max_concurrent_leases=max_concurrent_leases,
+        secret_encrypted=encrypt_secret(secret),
+        secret_fingerprint=secret_fingerprint(organization.pk, secret),
+        last4=secret[-4:],
+    )
+    token.full_clean(exclude=["organization", "pool"])
+    try:
+        with transaction.atomic():
+            token.save()
+            TokenEvent.objects.create(
+                organization=organization, token=token, from_status="", to_status=token.status,
+                reason="added", actor_username=actor.username if actor else "",
+            )
+            audit_record(
+                organization=organization, actor=actor, action="token.created", target=token, ip=ip,
+                data={"pool": pool.name},
+            )
+    except IntegrityError:
+        raise Conflict(f"This token (…{secret[-4:]}) is already in the organization.") from None
+    return token
+
+
+@dataclass
+class ImportResult:
+    added: list[HFToken]
+    duplicates: list[str]  # last 4 characters of each secret already present
+
+
+def tokens_import(
+    *, organization: Organization, pool: TokenPool, secrets: list[str], label_prefix: str = "", actor: User | None,
+    ip: str | None = None,
+) -> ImportResult:
+    result = ImportResult(added=[], duplicates=[])
+    seen = set()
+    for secret in (s.strip() for s in secrets):
+        if not secret:
+            continue
+        if secret in seen:
+            result.duplicates.append(secret[-4:])
+            continue
+        seen.add(secret)
+        label = f"{label_prefix}{len(result.added) + 1}" if label_prefix else ""
+        try:
+            result.added.append(
+                token_add(organization=organization, pool=pool, secret=secret, label=label, actor=actor, ip=ip)
+            )
+        except Conflict:
+            result.duplicates.append(secret[-4:])
+    return result
+
+
+@transaction.atomic
+def token_update(*, token: HFToken, actor: User | None, ip: str | None = None, **fields) -> HFToken:
+    for name, value in fields.items():
+        setattr(token, name, value)
+    token.full_clean(exclude=["organization", "pool"])
+    token.save(update_fields=list(fields))
+    audit_record(
+        organization=token.organization, actor=actor, action="token.updated", target=token, ip=ip,
+        data={"fields": sorted(fields)},
+    )
+    return token
+
+
+def _set_status(token: HFToken, status: str, *, reason: str, actor: User | None, action: str, ip: str | None) -> HFToken:
+    """A person's status change: lock the row, move it, record the event and the audit entry."""
+    with transaction.atomic():
+        token = HFToken.objects.select_for_update().get(pk=token.pk)
+        before = token.status
+        token.status = status
+        token.available_at = None
+        token.consecutive_failures = 0
+        token.rate_limit_streak = 0
+        token.save(update_fields=["status", "available_at", "consecutive_failures", "rate_limit_streak"])
+        _record_status_change(token, before, reason, actor.username if actor else "")
+        audit_record(organization=token.organization, actor=actor, action=action, target=token, ip=ip)
+    return token
+
+
+def token_disable(*, token: HFToken, actor: User | None, ip: str | None = None) -> HFToken:
+    return _set_status(token, Status.DISABLED, reason="disabled by a person", actor=actor, action="token.disabled", ip=ip)
+
+
+def token_enable(*, token: HFToken, actor: User | None, ip: str | None = None) -> HFToken:
+    if token.status == Status.INVALID:
+        raise Conflict("This token was refused by Hugging Face; validate it to bring it back.")
+    return _set_status(token, Status.ACTIVE, reason="enabled by a person", actor=actor, action="token.enabled", ip=ip)
+
+
+def token_release(*, token: HFToken, actor: User | None, ip: str | None = None) -> HFToken:
+    if token.status not in Status.TIMED:
+        raise Conflict(f"Only cooling or quarantined tokens can be released; this one is {token.status}.")
+    return _set_status(token, Status.ACTIVE, reason="released by a person", actor=actor, action="token.released", ip=ip)
+
+
+@transaction.atomic
+def token_delete(*, token: HFToken, actor: User | None, ip: str | None = None) -> None:
+    """Leases keep their rows (token set to null) so usage history stays whole."""
+    audit_record(
+        organization=token.organization, actor=actor, action="token.deleted", target=token, ip=ip,
+        data={"pool": token.pool.name},
+    )
+    token.delete()
+
+
+def token_validate(*, token: HFToken, actor: User | None, ip: str | None = None, now: datetime | None = None) -> HFToken:
+    """Ask whoami-v2: valid brings an invalid (or due) token back, 401 makes it invalid."""
+    # The network call happens outside any transaction: no row stays locked while Hugging Face thinks.
+    answer = hf_api.whoami(decrypt_secret(token.secret_encrypted))
+    now = now or timezone.now()
+    with transaction.atomic():
+        token = HFToken.objects.select_for_update().get(pk=token.pk)
+        before = token.status
+        token.validated_at = now
+        if answer.valid:
+            token.hf_username, token.hf_token_role = answer.username, answer.token_role
+            if token.status == Status.INVALID:
+                token.status, token.consecutive_failures = Status.ACTIVE, 0
+            else:
+                token.apply_policy_state(release_if_due(token.policy_state(), now))
+            reason = "validation succeeded"
+        else:
+            if token.status != Status.DISABLED:
+                token.status, token.available_at = Status.INVALID, None
+            reason = "validation failed: Hugging Face answered 401"
+        token.save()
+        _record_status_change(token, before, reason, actor.username if actor else "")
+        audit_record(
+            organization=token.organization, actor=actor, action="token.validated", target=token, ip=ip,
+            data={"valid": answer.valid},
+        )
+    return token
+
+
+# --- Leasing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    lease: Lease
+    token: HFToken
+    secret: str
+
+
+def lease_pool(organization: Organization, *, api_key: ApiKey | None, pool_name: str = "") -> TokenPool:
+    """The pool a lease draws from: the key's pinned pool, the one asked for, or the default."""
+    pinned = api_key.pool if api_key is not None and api_key.pool_id else None
+    if pinned is not None:
+        if pool_name and pool_name != pinned.name:
+            raise exceptions.PermissionDenied(f"This API key may only lease from pool '{pinned.name}'.")
+        return pinned
+    pool = selectors.pool_by_name(organization, pool_name or TokenPool.DEFAULT_NAME)
+    if pool is None:
+        raise exceptions.NotFound(f"No pool named '{pool_name}'.")
+    return pool
+
+
+def lease_token(
+    *,
+    organization: Organization,
+    pool: TokenPool,
+    user: User | None,
+    api_key: ApiKey | None = None,
+    client_name: str = "",
+    now: datetime | None = None,
+) -> LeaseGrant:
+    """Take the pool's next token by its strategy, atomically, and open a lease on it."""
+    now = now or timezone.now()
+    leases_expire_overdue(now=now)
+    with transaction.atomic():
+        token = _lock_next_token(pool, now)
+        if token is None:
+            raise NoTokenAvailable(pool, selectors.seconds_until_token_returns(pool, now))
+        before = token.status
+        token.apply_policy_state(release_if_due(token.policy_state(), now))
+        token.last_leased_at = now
+        token.lease_count += 1
+        token.active_leases += 1
+        token.save(update_fields=["status", "available_at", "last_leased_at", "lease_count", "active_leases"])
+        _record_status_change(token, before, "quarantine time over: back in rotation")
+        lease = Lease.objects.create(
+            organization=organization,
+            pool=pool,
+            token=token,
+            user=user,
+            api_key=api_key,
+            client_name=client_name[:100],
+            leased_at=now,
+            expires_at=now + timedelta(seconds=pool.lease_ttl_seconds),
+        )
+    return LeaseGrant(lease=lease, token=token, secret=decrypt_secret(token.secret_encrypted))
+
+
+_CANDIDATES_TRIED = 20
+
+
+def _lock_next_token(pool: TokenPool, now: datetime) -> HFToken | None:
+    """Lock the best eligible token without waiting on rows other leases hold (SKIP LOCKED on PostgreSQL;
+    SQLite's IMMEDIATE transactions already serialise writers). Only when every candidate is locked for
+    a moment does it wait for the best one, so a busy pool never answers 503 by mistake."""
+    eligible = selectors.eligible_tokens(pool, now)
+    if pool.strategy == Strategy.WEIGHTED_RANDOM:
+        order = _weighted_shuffle(list(eligible.values_list("id", "weight")[: _CANDIDATES_TRIED * 5]))
+    else:
+        ordered = selectors.in_strategy_order(eligible, pool.strategy, now)
+        token = ordered.select_for_update(skip_locked=True).first()
+        if token is not None:
+            return token
+        order = list(ordered.values_list("id", flat=True)[:_CANDIDATES_TRIED])
+    for token_id in order[:_CANDIDATES_TRIED]:
+        token = eligible.filter(pk=token_id).select_for_update(skip_locked=True).first()
+        if token is not None:
+            return token
+    if order:
+        # PostgreSQL re-checks the filter on the row's newest version once the lock is ours.
+        return eligible.filter(pk=order[0]).select_for_update().first()
+    return None
+
+
+def _weighted_shuffle(candidates: list[tuple[int, int]]) -> list[int]:
+    """Weighted random order without replacement (Efraimidis–Spirakis): the first is the weighted pick."""
+    keyed = [(random.random() ** (1.0 / max(weight, 1)), token_id) for token_id, weight in candidates]
+    return [token_id for _, token_id in sorted(keyed, reverse=True)]
+
+
+_last_expiry_sweep = 0.0
+
+
+def leases_expire_overdue(*, now: datetime, force: bool = False) -> int:
+    """Close leases nobody reported within their TTL, freeing their concurrency slots.
+    Runs at most once a second per process on the lease path; the conditional update makes
+    concurrent sweeps on several workers close each lease once."""
+    global _last_expiry_sweep
+    if not force and time.monotonic() - _last_expiry_sweep < 1.0:
+        return 0
+    _last_expiry_sweep = time.monotonic()
+    expired = 0
+    for lease_id, token_id in selectors.overdue_leases(now):
+        with transaction.atomic():
+            closed = Lease.objects.filter(pk=lease_id, reported_at__isnull=True).update(
+                reported_at=now, outcome=Outcome.EXPIRED
+            )
+            if closed and token_id is not None:
+                HFToken.objects.filter(pk=token_id, active_leases__gt=0).update(active_leases=F("active_leases") - 1)
+            expired += closed
+    return expired
+
+
+# --- Reports ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    token: HFToken
+    lease: Lease | None
+    duplicate: bool = False
+
+
+def report_outcome(
+    *,
+    organization: Organization,
+    token_id: int,
+    success: bool,
+    error: str = "",
+    error_type: str | None = None,
+    client_name: str = "",
+    lease_id: int | None = None,
+    user: User | None,
+    api_key: ApiKey | None = None,
+    cancelled: bool = False,
+    now: datetime | None = None,
+) -> ReportResult:
+    """Close the lease and let the quarantine policy move the token. A report of a lease already closed
+    changes nothing (clients retry reports); a cancelled lease is recorded but is not the token's fault."""
+    now = now or timezone.now()
+    error = redact_secrets(error or "")[: Lease.ERROR_TEXT_LIMIT]
+    if success or cancelled:
+        error_type = None
+    elif error_type not in ErrorType.ALL:
+        error_type = classify_error(error)
+    with transaction.atomic():
+        token = HFToken.objects.select_for_update().select_related("pool").filter(organization=organization, pk=token_id).first()
+        if token is None:
+            raise exceptions.NotFound("No such token.")
+        lease = _lease_for_report(organization, token, lease_id, api_key=api_key, user=user)
+        if lease is not None and lease.reported_at is not None:
+            return ReportResult(token=token, lease=lease, duplicate=True)
+
+        changed_fields = []
+        if not cancelled:
+            before = token.status
+            transition: Transition = next_state(
+                token.policy_state(), success=success, error_type=error_type, now=now, policy=token.pool.quarantine_policy()
+            )
+            changed_fields += token.apply_policy_state(transition.state)
+            if success:
+                token.success_count += 1
+                changed_fields.append("success_count")
+            else:
+                token.error_count += 1
+                token.last_error, token.last_error_type, token.last_error_at = error, error_type, now
+                changed_fields += ["error_count", "last_error", "last_error_type", "last_error_at"]
+        if lease is not None:
+            lease.reported_at = now
+            lease.outcome = Outcome.CANCELLED if cancelled else Outcome.SUCCESS if success else Outcome.ERROR
+            lease.error_type, lease.error = error_type or "", error
+            lease.client_name = client_name[:100] or lease.client_name
+            lease.save(update_fields=["reported_at", "outcome", "error_type", "error", "client_name"])
+            token.active_leases = max(token.active_leases - 1, 0)
+            changed_fields.append("active_leases")
+        if changed_fields:
+            token.save(update_fields=changed_fields)
+        if not cancelled:
+            _record_status_change(token, before, transition.reason)
+    return ReportResult(token=token, lease=lease)
+
+
+def _lease_for_report(organization, token, lease_id, *, api_key, user) -> Lease | None:
+    if lease_id is None:
+        return selectors.open_lease_for_report(token, api_key=api_key, user=user)
+    lease = Lease.objects.select_for_update().filter(organization=organization, pk=lease_id).first()
+    if lease is None:
+        raise exceptions.NotFound("No such lease.")
+    if lease.token_id != token.pk:
+        raise exceptions.ValidationError({"lease_id": ["This lease is of another token."]})
+    return lease
