@@ -9,7 +9,7 @@ import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, JsonResponse
-from django.views.defaults import page_not_found, server_error
+from django.views.defaults import bad_request, page_not_found, permission_denied, server_error
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -97,6 +97,18 @@ def api_exception_handler(exc, context):
 
 def is_api_path(path: str) -> bool:
     return path.startswith(API_PATH_PREFIXES)
+
+
+def handler400(request, exception=None):
+    if is_api_path(request.path):
+        return error_response("Bad request.", "bad_request", 400)
+    return bad_request(request, exception)
+
+
+def handler403(request, exception=None):
+    if is_api_path(request.path):
+        return error_response("Forbidden.", "permission_denied", 403)
+    return permission_denied(request, exception)
 
 
 def handler404(request, exception=None):

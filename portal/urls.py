@@ -11,5 +11,7 @@ urlpatterns = [
     path("django-admin/", admin.site.urls),
 ]
 
+handler400 = "portal.errors.handler400"
+handler403 = "portal.errors.handler403"
 handler404 = "portal.errors.handler404"
 handler500 = "portal.errors.handler500"

@@ -2,6 +2,10 @@
 
 import itertools
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 from django.conf import settings
@@ -64,3 +68,64 @@ def client_for():
 def admin_client(organization, make_member, client_for) -> APIClient:
     _, key = make_member(organization, Role.ADMIN)
     return client_for(key)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def standin_url():
+    """The project's stand-in Hugging Face upstream, served by daphne in its own process."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "tokens.standin:application"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "STANDIN_SLOW_SECONDS": "1"},
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def standin(settings, standin_url) -> str:
+    """Point the portal's Hugging Face URLs at the stand-in for one test."""
+    settings.HF_API_BASE = standin_url
+    settings.HF_INFERENCE_BASE_URL = f"{standin_url}/v1"
+    return standin_url
+
+
+@pytest.fixture
+def make_token(db):
+    """make_token(organization, secret=None, pool="default", **fields) -> HFToken, added through the service."""
+    from tokens import selectors as token_selectors
+    from tokens import services as token_services
+
+    def make(organization: Organization, secret: str | None = None, pool: str = "default", **fields):
+        secret = secret or f"hf_test_{next(_names):04d}_abcdefghijklmnop"
+        return token_services.token_add(
+            organization=organization,
+            pool=token_selectors.pool_by_name(organization, pool),
+            secret=secret,
+            actor=None,
+            **fields,
+        )
+
+    return make

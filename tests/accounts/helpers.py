@@ -1,0 +1,17 @@
+"""Assertions shared by the accounts tests."""
+
+
+def assert_error(response, status: int, error_type: str) -> dict:
+    """The response is the portal's one error shape with this status and error_type; returns the body."""
+    assert response.status_code == status, (response.status_code, response.content[:500])
+    assert response["Content-Type"].startswith("application/json"), response["Content-Type"]
+    body = response.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    assert body.get("error_type") == error_type, body
+    return body
+
+
+def on_sqlite() -> bool:
+    from django.conf import settings
+
+    return settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
