@@ -50,7 +50,8 @@ def audit_event_list(organization: Organization, *, action: str = "", actor: str
         # "user" matches user.created, user.role_changed, …; a full name matches exactly.
         events = events.filter(action=action) if "." in action else events.filter(action__startswith=f"{action}.")
     if actor:
-        events = events.filter(actor_id=int(actor)) if actor.isdigit() else events.filter(actor_username=actor)
+        is_id = actor.isascii() and actor.isdigit() and len(actor) <= 18  # beyond that no id exists (64 bits)
+        events = events.filter(actor_id=int(actor)) if is_id else events.filter(actor_username=actor)
     return events.order_by("-created_at", "-id")
 
 

@@ -90,6 +90,8 @@ def api_exception_handler(exc, context):
     if isinstance(exc, exceptions.ValidationError):
         fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         payload = error_payload(_validation_message(exc.detail), error_type, fields=fields)
+    elif isinstance(exc, exceptions.ParseError):
+        payload = error_payload(str(exc.detail), error_type, fields={"non_field_errors": [str(exc.detail)]})
     else:
         payload = error_payload(str(exc.detail), error_type)
     return Response(payload, status=exc.status_code, headers=headers)

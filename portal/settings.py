@@ -140,6 +140,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise expects it even when serving from the app folders
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
 # Serve straight from the app folders so `make run` needs no collectstatic step.
 WHITENOISE_USE_FINDERS = True

@@ -388,7 +388,6 @@ def report_outcome(
     """Close the lease and let the quarantine policy move the token. A report of a lease already closed
     changes nothing (clients retry reports); a cancelled lease is recorded but is not the token's fault."""
     now = now or timezone.now()
-    error = redact_secrets(error or "")[: Lease.ERROR_TEXT_LIMIT]
     if success or cancelled:
         error_type = None
     elif error_type not in ErrorType.ALL:
@@ -400,6 +399,8 @@ def report_outcome(
         lease = _lease_for_report(organization, token, lease_id, api_key=api_key, user=user)
         if lease is not None and lease.reported_at is not None:
             return ReportResult(token=token, lease=lease, duplicate=True)
+        # Clients quote whatever their HTTP library said, which may include the token itself.
+        error = redact_secrets(error or "", decrypt_secret(token.secret_encrypted))[: Lease.ERROR_TEXT_LIMIT]
 
         changed_fields = []
         if not cancelled:

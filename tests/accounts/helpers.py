@@ -10,8 +10,3 @@ def assert_error(response, status: int, error_type: str) -> dict:
     assert body.get("error_type") == error_type, body
     return body
 
-
-def on_sqlite() -> bool:
-    from django.conf import settings
-
-    return settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")

@@ -5,7 +5,7 @@ import pytest
 from accounts import services
 from accounts.models import ApiKey, AuditEvent
 from accounts.roles import Role
-from tests.accounts.helpers import assert_error, on_sqlite
+from tests.accounts.helpers import assert_error
 
 pytestmark = pytest.mark.django_db
 
@@ -198,21 +198,10 @@ def test_pagination_keeps_the_filter_in_next(admin_api, history):
         pytest.param(
             "²",
             id="superscript-digit",
-            marks=pytest.mark.xfail(
-                reason="BUG: accounts/selectors.py:53 takes any str.isdigit() actor for an id; '²' passes isdigit() "
-                "but int('²') raises ValueError, so the request answers 500",
-                strict=True,
-            ),
         ),
         pytest.param(
             "9" * 25,
             id="id-beyond-64-bits",
-            marks=pytest.mark.xfail(
-                on_sqlite(),
-                reason="BUG: accounts/selectors.py:53 passes an id beyond 64 bits to the query, which overflows on "
-                "SQLite and answers 500",
-                strict=True,
-            ),
         ),
         pytest.param("nobody-by-that-name", id="unknown-username"),
         pytest.param("0", id="id-zero"),

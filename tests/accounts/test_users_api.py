@@ -6,7 +6,7 @@ import pytest
 
 from accounts.models import ApiKey, AuditEvent, Membership, Organization, User
 from accounts.roles import Role
-from tests.accounts.helpers import assert_error, on_sqlite
+from tests.accounts.helpers import assert_error
 
 pytestmark = pytest.mark.django_db
 
@@ -91,12 +91,6 @@ def test_unknown_user_id_is_404(admin_api):
     assert_error(admin_api.get("/admin/users/987654"), 404, "not_found")
 
 
-@pytest.mark.xfail(
-    on_sqlite(),
-    reason="BUG: an id beyond 64 bits overflows the SQLite query in selectors.membership_get (accounts/selectors.py:23) "
-    "and answers 500 instead of 404 (PostgreSQL compares it fine)",
-    strict=True,
-)
 @pytest.mark.parametrize("path", ["/admin/users/{big}", "/admin/users/{big}/api-keys"])
 def test_huge_user_id_is_404_not_500(admin_api, path):
     admin_api.raise_request_exception = False
@@ -337,11 +331,6 @@ RAW_BAD_BODIES = [
     pytest.param(
         '{"username": "youruser", "role": "user"',
         id="malformed-json",
-        marks=pytest.mark.xfail(
-            reason="BUG: a JSON parse error answers error_type validation but without the 'fields' dict that "
-            "validation errors carry (portal/errors.py:90-94 only adds fields for ValidationError, not ParseError)",
-            strict=True,
-        ),
     ),
     pytest.param('["youruser"]', id="json-list-body"),
     pytest.param('"youruser"', id="json-string-body"),

@@ -866,16 +866,6 @@ def test_no_secret_is_in_the_logs_even_at_debug_level(admin_session):
         pytest.param(
             "hf_test_0001_abcdefghijklmnop",
             id="hf-with-underscores",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "BUG: tokens/services.py:391 scrubs reported error text only with portal/redact.py:6's "
-                    r"pattern hf_[A-Za-z0-9]{6,}, although POST /admin/tokens accepts any 8+ non-space characters; "
-                    "a token of another shape quoted in an error is stored in Lease.error and HFToken.last_error "
-                    "and shown to every role (viewers too) in GET /admin/tokens. report_outcome holds the token "
-                    "and could scrub its exact secret."
-                ),
-            ),
         ),
     ],
 )
