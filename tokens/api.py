@@ -238,4 +238,5 @@ class UsageApi(TenantAPIView):
         since = query.get("since") or until - timedelta(days=30)
         user = None if self.may(Perm.VIEW_ALL_USAGE) else request.user
         rows = selectors.usage_summary(self.organization, since=since, until=until, group_by=query["group_by"], user=user)
+        since, until = selectors.usage_window(since, until)
         return Response(UsageOutput({"since": since, "until": until, "group_by": query["group_by"], "rows": rows}).data)

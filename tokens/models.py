@@ -170,3 +170,23 @@ class TokenEvent(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["token", "-created_at"], name="token_event_history")]
+
+
+class UsageCounter(models.Model):
+    """Hourly counts per token, user and pool, kept as leases open and close, so usage reports read a few
+    thousand rows instead of scanning millions of leases. One row per (dimension, key, hour, metric);
+    metrics are `leases`, the outcomes, and `error:<type>`. Keys are plain ids so history outlives rows."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    dimension = models.CharField(max_length=8)  # token | user | pool
+    key_id = models.BigIntegerField()
+    hour = models.DateTimeField()
+    metric = models.CharField(max_length=40)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "dimension", "hour", "key_id", "metric"], name="usage_counter_bucket"
+            )
+        ]

@@ -3,7 +3,7 @@ from rest_framework import serializers
 from portal.serializers import InputSerializer, StrictSerializer
 from tokens.models import HFToken, Lease, Strategy, TokenEvent, TokenPool
 from tokens.policy import ErrorType, Status
-from tokens.selectors import USAGE_GROUP_COLUMNS
+from tokens.selectors import USAGE_GROUPS
 
 # --- Client contract (hf_token_utils) -----------------------------------------------------------
 
@@ -167,7 +167,7 @@ class TokenCreateQuery(InputSerializer):
 class UsageInput(InputSerializer):
     since = serializers.DateTimeField(required=False)
     until = serializers.DateTimeField(required=False)
-    group_by = serializers.ChoiceField(choices=sorted(USAGE_GROUP_COLUMNS), default="day")
+    group_by = serializers.ChoiceField(choices=USAGE_GROUPS, default="day")
 
     def validate(self, attrs):
         if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
@@ -176,7 +176,7 @@ class UsageInput(InputSerializer):
 
 
 class UsageRowOutput(serializers.Serializer):
-    key = serializers.CharField(allow_null=True)
+    key = serializers.CharField()
     name = serializers.CharField()
     leases = serializers.IntegerField()
     successes = serializers.IntegerField()

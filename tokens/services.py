@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from rest_framework import exceptions
@@ -303,6 +303,7 @@ def lease_token(
             leased_at=now,
             expires_at=now + timedelta(seconds=pool.lease_ttl_seconds),
         )
+        _count_usage(lease, "leases")
     return LeaseGrant(lease=lease, token=token, secret=decrypt_secret(token.secret_encrypted))
 
 
@@ -350,15 +351,68 @@ def leases_expire_overdue(*, now: datetime, force: bool = False) -> int:
         return 0
     _last_expiry_sweep = time.monotonic()
     expired = 0
-    for lease_id, token_id in selectors.overdue_leases(now):
+    for lease in selectors.overdue_leases(now):
         with transaction.atomic():
-            closed = Lease.objects.filter(pk=lease_id, reported_at__isnull=True).update(
+            closed = Lease.objects.filter(pk=lease.pk, reported_at__isnull=True).update(
                 reported_at=now, outcome=Outcome.EXPIRED
             )
-            if closed and token_id is not None:
-                HFToken.objects.filter(pk=token_id, active_leases__gt=0).update(active_leases=F("active_leases") - 1)
+            if closed:
+                if lease.token_id is not None:
+                    HFToken.objects.filter(pk=lease.token_id, active_leases__gt=0).update(
+                        active_leases=F("active_leases") - 1
+                    )
+                _count_usage(lease, Outcome.EXPIRED)
             expired += closed
     return expired
+
+
+# --- Usage counters -----------------------------------------------------------------------------
+
+_COUNT_SQL = (
+    "INSERT INTO tokens_usagecounter (organization_id, dimension, key_id, hour, metric, count) VALUES {rows} "
+    "ON CONFLICT (organization_id, dimension, hour, key_id, metric) "
+    "DO UPDATE SET count = tokens_usagecounter.count + excluded.count"
+)
+
+
+def _count_usage(lease: Lease, *metrics: str) -> None:
+    """Add one to each metric of the lease's hour, for its token, user and pool, in one upsert."""
+    hour = connection.ops.adapt_datetimefield_value(lease.leased_at.replace(minute=0, second=0, microsecond=0))
+    keys = [("token", lease.token_id), ("user", lease.user_id), ("pool", lease.pool_id)]
+    rows, params = [], []
+    for metric in metrics:
+        for dimension, key_id in keys:
+            rows.append("(%s, %s, %s, %s, %s, 1)")
+            params += [lease.organization_id, dimension, key_id or 0, hour, metric]
+    with connection.cursor() as cursor:
+        cursor.execute(_COUNT_SQL.format(rows=", ".join(rows)), params)
+
+
+@transaction.atomic
+def usage_counters_rebuild() -> int:
+    """Recount every hourly counter from the leases themselves: for data that predates the counters,
+    or to repair them. Same numbers as the incremental path, in a few grouped statements."""
+    hour = (
+        "date_trunc('hour', leased_at)" if connection.vendor == "postgresql"
+        else "strftime('%%Y-%%m-%%d %%H:00:00', leased_at)"
+    )
+    metrics = {
+        "'leases'": "TRUE",
+        "outcome": "outcome <> ''",
+        "'error:' || error_type": f"outcome = '{Outcome.ERROR}'",
+    }
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM tokens_usagecounter")
+        for dimension, column in (("token", "token_id"), ("user", "user_id"), ("pool", "pool_id")):
+            for metric, condition in metrics.items():
+                cursor.execute(
+                    "INSERT INTO tokens_usagecounter (organization_id, dimension, key_id, hour, metric, count) "
+                    f"SELECT organization_id, %s, COALESCE({column}, 0), {hour}, {metric}, COUNT(*) "
+                    f"FROM tokens_lease WHERE {condition} GROUP BY 1, 2, 3, 4, 5",
+                    [dimension],
+                )
+        cursor.execute("SELECT COUNT(*) FROM tokens_usagecounter")
+        return cursor.fetchone()[0]
 
 
 # --- Reports ------------------------------------------------------------------------------------
@@ -422,6 +476,7 @@ def report_outcome(
             lease.error_type, lease.error = error_type or "", error
             lease.client_name = client_name[:100] or lease.client_name
             lease.save(update_fields=["reported_at", "outcome", "error_type", "error", "client_name"])
+            _count_usage(lease, lease.outcome, *([f"error:{error_type}"] if lease.outcome == Outcome.ERROR else []))
             token.active_leases = max(token.active_leases - 1, 0)
             changed_fields.append("active_leases")
         if changed_fields:
