@@ -84,7 +84,8 @@ class HFToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        ordering = ["pool__name", "label", "id"]
+        # No join in the default order: a row lock (select_for_update) must never reach the pool row.
+        ordering = ["label", "id"]
         constraints = [
             models.UniqueConstraint(fields=["organization", "secret_fingerprint"], name="unique_token_secret"),
         ]

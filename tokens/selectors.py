@@ -28,7 +28,7 @@ def pool_by_name(organization: Organization, name: str) -> TokenPool | None:
 
 
 def token_list(organization: Organization, *, pool: str = "", status: str = "") -> QuerySet[HFToken]:
-    tokens = HFToken.objects.filter(organization=organization).select_related("pool")
+    tokens = HFToken.objects.filter(organization=organization).select_related("pool").order_by("pool__name", "label", "id")
     if pool:
         tokens = tokens.filter(pool__name=pool)
     if status:
@@ -74,8 +74,8 @@ def seconds_until_token_returns(pool: TokenPool, now: datetime) -> int | None:
         at=Min("available_at")
     )["at"]
     soonest_lease_end = Lease.objects.filter(
+        Q(token__status=Status.ACTIVE) | Q(token__status__in=Status.TIMED, token__available_at__lte=now),
         token__pool=pool,
-        token__status=Status.ACTIVE,
         token__max_concurrent_leases__isnull=False,
         token__active_leases__gte=F("token__max_concurrent_leases"),
         reported_at__isnull=True,

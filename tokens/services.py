@@ -180,7 +180,7 @@ def token_update(*, token: HFToken, actor: User | None, ip: str | None = None, *
 def _set_status(token: HFToken, status: str, *, reason: str, actor: User | None, action: str, ip: str | None) -> HFToken:
     """A person's status change: lock the row, move it, record the event and the audit entry."""
     with transaction.atomic():
-        token = HFToken.objects.select_for_update().get(pk=token.pk)
+        token = HFToken.objects.select_for_update(of=("self",)).get(pk=token.pk)
         before = token.status
         token.status = status
         token.available_at = None
@@ -224,7 +224,7 @@ def token_validate(*, token: HFToken, actor: User | None, ip: str | None = None,
     answer = hf_api.whoami(decrypt_secret(token.secret_encrypted))
     now = now or timezone.now()
     with transaction.atomic():
-        token = HFToken.objects.select_for_update().get(pk=token.pk)
+        token = HFToken.objects.select_for_update(of=("self",)).get(pk=token.pk)
         before = token.status
         token.validated_at = now
         if answer.valid:
@@ -308,29 +308,40 @@ def lease_token(
 
 
 _CANDIDATES_TRIED = 20
+_LOCK_ROUNDS = 5
 
 
 def _lock_next_token(pool: TokenPool, now: datetime) -> HFToken | None:
     """Lock the best eligible token without waiting on rows other leases hold (SKIP LOCKED on PostgreSQL;
-    SQLite's IMMEDIATE transactions already serialise writers). Only when every candidate is locked for
-    a moment does it wait for the best one, so a busy pool never answers 503 by mistake."""
+    SQLite's IMMEDIATE transactions already serialise writers). When every candidate is locked for a
+    moment, wait for the best one; if it was taken meanwhile, look again, so a busy pool never answers
+    503 while a token is free. Locks name only the token row (of=self): never the pool."""
     eligible = selectors.eligible_tokens(pool, now)
-    if pool.strategy == Strategy.WEIGHTED_RANDOM:
-        order = _weighted_shuffle(list(eligible.values_list("id", "weight")[: _CANDIDATES_TRIED * 5]))
-    else:
+    if pool.strategy != Strategy.WEIGHTED_RANDOM:
         ordered = selectors.in_strategy_order(eligible, pool.strategy, now)
-        token = ordered.select_for_update(skip_locked=True).first()
+        token = ordered.select_for_update(skip_locked=True, of=("self",)).first()
         if token is not None:
             return token
-        order = list(ordered.values_list("id", flat=True)[:_CANDIDATES_TRIED])
-    for token_id in order[:_CANDIDATES_TRIED]:
-        token = eligible.filter(pk=token_id).select_for_update(skip_locked=True).first()
-        if token is not None:
-            return token
-    if order:
+    for _ in range(_LOCK_ROUNDS):
+        order = _candidate_order(pool, eligible, now)
+        if not order:
+            return None
+        for token_id in order:
+            token = eligible.filter(pk=token_id).select_for_update(skip_locked=True, of=("self",)).first()
+            if token is not None:
+                return token
         # PostgreSQL re-checks the filter on the row's newest version once the lock is ours.
-        return eligible.filter(pk=order[0]).select_for_update().first()
+        token = eligible.filter(pk=order[0]).select_for_update(of=("self",)).first()
+        if token is not None:
+            return token
     return None
+
+
+def _candidate_order(pool: TokenPool, eligible, now: datetime) -> list[int]:
+    if pool.strategy == Strategy.WEIGHTED_RANDOM:
+        return _weighted_shuffle(list(eligible.values_list("id", "weight")))[:_CANDIDATES_TRIED]
+    ordered = selectors.in_strategy_order(eligible, pool.strategy, now)
+    return list(ordered.values_list("id", flat=True)[:_CANDIDATES_TRIED])
 
 
 def _weighted_shuffle(candidates: list[tuple[int, int]]) -> list[int]:
@@ -376,7 +387,13 @@ _COUNT_SQL = (
 
 
 def _count_usage(lease: Lease, *metrics: str) -> None:
-    """Add one to each metric of the lease's hour, for its token, user and pool, in one upsert."""
+    """Add one to each metric of the lease's hour, for its token, user and pool, in one upsert, once the
+    caller's transaction has committed: a pool's counter row is shared by all its leases, and holding its
+    lock until the end of every lease transaction would make them queue behind each other."""
+    transaction.on_commit(lambda: _upsert_usage(lease, metrics))
+
+
+def _upsert_usage(lease: Lease, metrics) -> None:
     hour = connection.ops.adapt_datetimefield_value(lease.leased_at.replace(minute=0, second=0, microsecond=0))
     keys = [("token", lease.token_id), ("user", lease.user_id), ("pool", lease.pool_id)]
     rows, params = [], []
@@ -447,7 +464,12 @@ def report_outcome(
     elif error_type not in ErrorType.ALL:
         error_type = classify_error(error)
     with transaction.atomic():
-        token = HFToken.objects.select_for_update().select_related("pool").filter(organization=organization, pk=token_id).first()
+        token = (
+            HFToken.objects.select_for_update(of=("self",))  # lock the token only, never its pool
+            .select_related("pool")
+            .filter(organization=organization, pk=token_id)
+            .first()
+        )
         if token is None:
             raise exceptions.NotFound("No such token.")
         lease = _lease_for_report(organization, token, lease_id, api_key=api_key, user=user)
@@ -489,7 +511,7 @@ def report_outcome(
 def _lease_for_report(organization, token, lease_id, *, api_key, user) -> Lease | None:
     if lease_id is None:
         return selectors.open_lease_for_report(token, api_key=api_key, user=user)
-    lease = Lease.objects.select_for_update().filter(organization=organization, pk=lease_id).first()
+    lease = Lease.objects.select_for_update(of=("self",)).filter(organization=organization, pk=lease_id).first()
     if lease is None:
         raise exceptions.NotFound("No such lease.")
     if lease.token_id != token.pk:

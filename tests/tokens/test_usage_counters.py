@@ -12,8 +12,13 @@ from tokens.policy import ErrorType
 
 
 @pytest.fixture
-def busy_history(organization, make_member, make_token):
+def busy_history(organization, make_member, make_token, django_capture_on_commit_callbacks):
     """Leases over three hours with every kind of ending, made through the real services."""
+    with django_capture_on_commit_callbacks(execute=True):
+        return _write_busy_history(organization, make_member, make_token)
+
+
+def _write_busy_history(organization, make_member, make_token):
     alice, _ = make_member(organization, Role.USER, username="alice")
     bob, _ = make_member(organization, Role.USER, username="bob")
     pool = selectors.pool_by_name(organization, "default")
@@ -64,14 +69,14 @@ def test_rebuild_reproduces_the_incremental_counters(busy_history):
     assert sorted(UsageCounter.objects.values_list("dimension", "key_id", "hour", "metric", "count")) == incremental
 
 
-def test_an_expired_lease_is_counted_as_expired(organization, make_member, make_token):
+def test_an_expired_lease_is_counted_as_expired(organization, make_member, make_token, django_capture_on_commit_callbacks):
     member, _ = make_member(organization, Role.USER)
     make_token(organization)
     pool = selectors.pool_by_name(organization, "default")
     leased_at = timezone.now() - timedelta(hours=1)
-    services.lease_token(organization=organization, pool=pool, user=member.user, now=leased_at)
-
-    services.leases_expire_overdue(now=timezone.now(), force=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.lease_token(organization=organization, pool=pool, user=member.user, now=leased_at)
+        services.leases_expire_overdue(now=timezone.now(), force=True)
 
     (row,) = selectors.usage_summary(organization, since=leased_at, until=timezone.now(), group_by="pool")
     assert (row["leases"], row["expired"], row["open"]) == (1, 1, 0)
