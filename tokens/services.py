@@ -454,14 +454,17 @@ def report_outcome(
     user: User | None,
     api_key: ApiKey | None = None,
     cancelled: bool = False,
+    blame_token: bool = True,
     now: datetime | None = None,
 ) -> ReportResult:
     """Close the lease and let the quarantine policy move the token. A report of a lease already closed
-    changes nothing (clients retry reports); a cancelled lease is recorded but is not the token's fault."""
+    changes nothing (clients retry reports). A cancelled lease, or an error that was the request's own
+    (blame_token=False, e.g. upstream refusing invalid input), is recorded but does not move the token."""
     now = now or timezone.now()
+    blame_token = blame_token and not cancelled
     if success or cancelled:
         error_type = None
-    elif error_type not in ErrorType.ALL:
+    elif blame_token and error_type not in ErrorType.ALL:
         error_type = classify_error(error)
     with transaction.atomic():
         token = (
@@ -474,12 +477,16 @@ def report_outcome(
             raise exceptions.NotFound("No such token.")
         lease = _lease_for_report(organization, token, lease_id, api_key=api_key, user=user)
         if lease is not None and lease.reported_at is not None:
-            return ReportResult(token=token, lease=lease, duplicate=True)
+            if lease.outcome != Outcome.EXPIRED:
+                return ReportResult(token=token, lease=lease, duplicate=True)
+            # Too late for the lease, which stays expired in usage, but not for the token: a late 402
+            # still quarantines it.
+            lease = None
         # Clients quote whatever their HTTP library said, which may include the token itself.
         error = redact_secrets(error or "", decrypt_secret(token.secret_encrypted))[: Lease.ERROR_TEXT_LIMIT]
 
         changed_fields = []
-        if not cancelled:
+        if blame_token:
             before = token.status
             transition: Transition = next_state(
                 token.policy_state(), success=success, error_type=error_type, now=now, policy=token.pool.quarantine_policy()
@@ -503,7 +510,7 @@ def report_outcome(
             changed_fields.append("active_leases")
         if changed_fields:
             token.save(update_fields=changed_fields)
-        if not cancelled:
+        if blame_token:
             _record_status_change(token, before, transition.reason)
     return ReportResult(token=token, lease=lease)
 
