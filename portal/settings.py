@@ -194,3 +194,14 @@ HF_API_BASE = os.environ.get("HF_API_BASE", "https://huggingface.co").rstrip("/"
 HF_INFERENCE_BASE_URL = os.environ.get("HF_INFERENCE_BASE_URL", "https://router.huggingface.co/v1").rstrip("/")
 # Seconds a lease stays open without a report before it expires (new pools start with this).
 PORTAL_LEASE_TTL = int(os.environ.get("PORTAL_LEASE_TTL", "600"))
+
+# Backpressure, as TGI does it: over a limit a stream is refused at once with 429 `overloaded`.
+PORTAL_MAX_CONCURRENT_REQUESTS = int(os.environ.get("PORTAL_MAX_CONCURRENT_REQUESTS", "128"))  # per worker
+PORTAL_ORG_MAX_CONCURRENT_REQUESTS = int(os.environ.get("PORTAL_ORG_MAX_CONCURRENT_REQUESTS", "0"))  # 0: no limit
+PORTAL_KEY_MAX_CONCURRENT_REQUESTS = int(os.environ.get("PORTAL_KEY_MAX_CONCURRENT_REQUESTS", "0"))  # 0: no limit
+# The chat relay: tokens tried before the first byte, and how long upstream may take.
+PORTAL_UPSTREAM_ATTEMPTS = int(os.environ.get("PORTAL_UPSTREAM_ATTEMPTS", "3"))
+PORTAL_UPSTREAM_CONNECT_TIMEOUT = float(os.environ.get("PORTAL_UPSTREAM_CONNECT_TIMEOUT", "10"))
+PORTAL_UPSTREAM_READ_TIMEOUT = float(os.environ.get("PORTAL_UPSTREAM_READ_TIMEOUT", "120"))
+# Models /v1/models lists; empty: ask the upstream.
+PORTAL_MODELS = env_list("PORTAL_MODELS", "")
