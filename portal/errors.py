@@ -61,14 +61,14 @@ def _error_type_of(exc: exceptions.APIException) -> str:
     return "error"
 
 
-def _validation_message(detail) -> str:
+def validation_message(detail) -> str:
     """A sentence naming the first problem, so a human reading only `error` knows what to fix."""
     if isinstance(detail, dict):
         for field, problems in detail.items():
-            inner = _validation_message(problems)
+            inner = validation_message(problems)
             return inner if field == "non_field_errors" else f"{field}: {inner}"
     if isinstance(detail, list) and detail:
-        return _validation_message(detail[0])
+        return validation_message(detail[0])
     return str(detail)
 
 
@@ -79,7 +79,18 @@ def api_exception_handler(exc, context):
         exc = exceptions.PermissionDenied()
     if not isinstance(exc, exceptions.APIException):
         return None  # unexpected: Django logs it and handler500 answers in JSON
+    payload, headers = describe_api_exception(exc)
+    return Response(payload, status=exc.status_code, headers=headers)
 
+
+def api_exception_response(exc: exceptions.APIException) -> JsonResponse:
+    """The same answer outside DRF views (the async SSE endpoint)."""
+    payload, headers = describe_api_exception(exc)
+    return JsonResponse(payload, status=exc.status_code, headers=headers)
+
+
+def describe_api_exception(exc: exceptions.APIException) -> tuple[dict, dict]:
+    """The error payload and headers (WWW-Authenticate, Retry-After) for an API exception."""
     headers = {}
     if getattr(exc, "auth_header", None):
         headers["WWW-Authenticate"] = exc.auth_header
@@ -89,12 +100,12 @@ def api_exception_handler(exc, context):
     error_type = _error_type_of(exc)
     if isinstance(exc, exceptions.ValidationError):
         fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
-        payload = error_payload(_validation_message(exc.detail), error_type, fields=fields)
+        payload = error_payload(validation_message(exc.detail), error_type, fields=fields)
     elif isinstance(exc, exceptions.ParseError):
         payload = error_payload(str(exc.detail), error_type, fields={"non_field_errors": [str(exc.detail)]})
     else:
         payload = error_payload(str(exc.detail), error_type)
-    return Response(payload, status=exc.status_code, headers=headers)
+    return payload, headers
 
 
 def is_api_path(path: str) -> bool:

@@ -1,3 +1,7 @@
-"""Websocket routes; the consumers arrive with the chat and dashboard work."""
+from django.urls import path
 
-websocket_urlpatterns: list = []
+from portal.consumers import ChatConsumer
+
+websocket_urlpatterns = [
+    path("ws/chat/", ChatConsumer.as_asgi()),
+]

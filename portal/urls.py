@@ -2,9 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from portal import sse
+
 urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("tokens.urls")),
+    path("v1/chat/completions", sse.chat_completions, name="chat-completions"),
+    path("v1/models", sse.models, name="models"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     # /admin/ is the portal's REST API; Django's own admin site lives here.

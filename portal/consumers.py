@@ -1,0 +1,145 @@
+"""The chat websocket, /ws/chat/: the dashboard's chat page and any program stream chat through it.
+
+Client frames: {"type": "chat.request", "id", "model", "messages", "max_tokens"?, "temperature"?, "top_p"?,
+"pool"?} and {"type": "chat.cancel", "id"}. Server frames: chat.start (id, token_id, token_label),
+chat.delta (id, content) …, chat.end (id, finish_reason, usage), or chat.error (id, error, error_type).
+A bad frame gets chat.error `validation` and the connection stays open; no frame carries a secret.
+"""
+
+import asyncio
+import contextlib
+import json
+from urllib.parse import urlparse
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.http.request import validate_host
+from rest_framework import exceptions
+
+from accounts import selectors as account_selectors
+from accounts.authentication import bearer_key_from_header
+from accounts.permissions import SESSION_ORGANIZATION_KEY
+from portal.errors import validation_message
+from tokens import relay
+from tokens.chat import ChatCaller, caller_from_key, chat_pool, ensure_may_chat, parse_chat_request
+from tokens.limits import Overloaded, stream_permit
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+MAX_ID_LENGTH = 100
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        self.streams: dict[str, asyncio.Task] = {}
+        try:
+            self.caller = await self._authenticate()
+            ensure_may_chat(self.caller)
+        except exceptions.NotAuthenticated:
+            return await self.close(code=CLOSE_UNAUTHENTICATED)
+        except exceptions.APIException as exc:
+            return await self.close(code=CLOSE_UNAUTHENTICATED if exc.status_code == 401 else CLOSE_FORBIDDEN)
+        await self.accept()
+
+    async def _authenticate(self) -> ChatCaller:
+        """A program's Bearer key (no Origin needed), or the dashboard session from an allowed origin."""
+        headers = dict(self.scope["headers"])
+        raw_key = bearer_key_from_header(headers.get(b"authorization", b""))
+        if raw_key is not None:
+            return await caller_from_key(raw_key)
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            raise exceptions.NotAuthenticated()
+        # A session cookie rides along with any page's websocket: only our own pages may use it.
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        if not origin or not validate_host(urlparse(origin).hostname or "", settings.ALLOWED_HOSTS):
+            raise exceptions.PermissionDenied("Cross-origin websocket refused.")
+        session = self.scope.get("session") or {}
+        membership = await database_sync_to_async(account_selectors.membership_for_user)(
+            user, session.get(SESSION_ORGANIZATION_KEY)
+        )
+        if membership is None:
+            raise exceptions.PermissionDenied("You are not a member of any active organization.")
+        return ChatCaller(membership, None)
+
+    async def disconnect(self, code):
+        for task in list(self.streams.values()):
+            task.cancel()
+        if self.streams:
+            await asyncio.gather(*self.streams.values(), return_exceptions=True)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        try:
+            content = json.loads(text_data if text_data is not None else bytes_data)
+        except (TypeError, ValueError):
+            return await self._error(None, "Frames are JSON objects.", "validation")
+        await self.receive_json(content)
+
+    async def receive_json(self, content, **kwargs):
+        if not isinstance(content, dict):
+            return await self._error(None, "Frames are JSON objects.", "validation")
+        request_id = content.get("id")
+        if not isinstance(request_id, str) or not request_id or len(request_id) > MAX_ID_LENGTH:
+            return await self._error(None, f"Every frame needs an `id`: a string of 1 to {MAX_ID_LENGTH} characters.", "validation")
+        kind = content.get("type")
+        if kind == "chat.cancel":
+            task = self.streams.get(request_id)
+            if task is not None:
+                task.cancel()
+            return
+        if kind != "chat.request":
+            return await self._error(request_id, "`type` is chat.request or chat.cancel.", "validation")
+        if request_id in self.streams:
+            return await self._error(request_id, "A request with this id is still streaming.", "validation")
+        fields = {key: value for key, value in content.items() if key not in ("type", "id")}
+        try:
+            body, pool_name = parse_chat_request({**fields, "stream": True})
+        except exceptions.ValidationError as exc:
+            return await self._error(request_id, validation_message(exc.detail), "validation")
+        self.streams[request_id] = asyncio.create_task(self._stream(request_id, body, pool_name))
+
+    async def _stream(self, request_id: str, body: dict, pool_name: str) -> None:
+        caller = self.caller
+        try:
+            pool = await chat_pool(caller, pool_name)
+            async with stream_permit(
+                organization_id=caller.organization.pk, api_key_id=caller.api_key.pk if caller.api_key else None
+            ):
+                events = relay.stream_chat(
+                    organization=caller.organization, user=caller.membership.user, api_key=caller.api_key,
+                    pool=pool, request=body,
+                )
+                async with contextlib.aclosing(events):
+                    await self._forward(request_id, events)
+        except Overloaded as exc:
+            await self._error(request_id, str(exc.detail), exc.error_type)
+        except exceptions.APIException as exc:
+            await self._error(request_id, str(exc.detail), getattr(exc, "error_type", "validation"))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.send_json({"type": "chat.end", "id": request_id, "finish_reason": "cancelled", "usage": None})
+        finally:
+            self.streams.pop(request_id, None)
+
+    async def _forward(self, request_id: str, events) -> None:
+        finish_reason, usage = None, None
+        async for event in events:
+            if isinstance(event, relay.Started):
+                await self.send_json(
+                    {"type": "chat.start", "id": request_id, "token_id": event.token_id, "token_label": event.token_label}
+                )
+            elif isinstance(event, relay.Chunk):
+                finish_reason = event.finish_reason or finish_reason
+                usage = event.usage or usage
+                if event.content:
+                    await self.send_json({"type": "chat.delta", "id": request_id, "content": event.content})
+            elif isinstance(event, relay.Failed):
+                frame = {"type": "chat.error", "id": request_id, "error": event.message, "error_type": event.error_type}
+                if event.retry_after:
+                    frame["retry_after"] = event.retry_after
+                return await self.send_json(frame)
+        await self.send_json({"type": "chat.end", "id": request_id, "finish_reason": finish_reason, "usage": usage})
+
+    async def _error(self, request_id, message: str, error_type: str) -> None:
+        await self.send_json({"type": "chat.error", "id": request_id, "error": message, "error_type": error_type})

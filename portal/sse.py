@@ -1,0 +1,109 @@
+"""The OpenAI-compatible front door: POST /v1/chat/completions (SSE or JSON) and GET /v1/models.
+
+huggingface_hub's InferenceClient(base_url=…/v1) and the openai SDK speak to it unchanged. Errors use
+TGI's shape {"error", "error_type"}: as the HTTP status before streaming, as a `data:` event after.
+"""
+
+import contextlib
+import json
+
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+from rest_framework import exceptions
+
+from accounts.authentication import bearer_key_from_header
+from portal.errors import api_exception_response, error_response
+from tokens import relay
+from tokens.chat import caller_from_key, chat_pool, ensure_may_chat, parse_chat_request
+from tokens.limits import Overloaded, stream_permit
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _caller(request):
+    raw_key = bearer_key_from_header(request.headers.get("Authorization", "").encode("latin-1"))
+    if raw_key is None:
+        raise exceptions.NotAuthenticated("Send your portal API key as `Authorization: Bearer <key>`.")
+    caller = await caller_from_key(raw_key)
+    ensure_may_chat(caller)
+    return caller
+
+
+@csrf_exempt
+@require_POST
+async def chat_completions(request):
+    try:
+        caller = await _caller(request)
+        try:
+            data = json.loads(request.body)
+        except ValueError:
+            raise exceptions.ValidationError("The body is not valid JSON.") from None
+        body, pool_name = parse_chat_request(data)
+        pool = await chat_pool(caller, pool_name or request.headers.get("X-Portal-Pool", ""))
+        permit = contextlib.AsyncExitStack()
+        await permit.enter_async_context(
+            stream_permit(organization_id=caller.organization.pk, api_key_id=caller.api_key.pk)
+        )
+    except exceptions.APIException as exc:
+        return api_exception_response(exc)
+
+    events = relay.stream_chat(
+        organization=caller.organization, user=caller.membership.user, api_key=caller.api_key, pool=pool, request=body
+    )
+    try:
+        started = await anext(events)  # the first event decides the HTTP status
+        if isinstance(started, relay.Failed):
+            await permit.aclose()
+            return _failed_response(started)
+        first = await anext(events)
+    except StopAsyncIteration:  # upstream answered an empty stream
+        await permit.aclose()
+        return HttpResponse(b"data: [DONE]\n\n", content_type="text/event-stream", headers=SSE_HEADERS)
+    except BaseException:
+        await events.aclose()
+        await permit.aclose()
+        raise
+    if isinstance(first, relay.Completed):
+        await events.aclose()
+        await permit.aclose()
+        return HttpResponse(first.body, content_type="application/json")
+    return StreamingHttpResponse(
+        _sse_stream(first, events, permit), content_type="text/event-stream", headers=SSE_HEADERS
+    )
+
+
+def _failed_response(failed: relay.Failed) -> HttpResponse:
+    headers = {"Retry-After": str(failed.retry_after)} if failed.retry_after else None
+    return error_response(failed.message, failed.error_type, failed.status, headers=headers)
+
+
+async def _sse_stream(first, events, permit):
+    """Pass each upstream chunk on as it arrives, as the bytes upstream sent."""
+    try:
+        event = first
+        while True:
+            if isinstance(event, relay.Chunk):
+                yield b"data: " + event.data + b"\n\n"
+            elif isinstance(event, relay.Failed):
+                yield b"data: " + json.dumps({"error": event.message, "error_type": event.error_type}).encode() + b"\n\n"
+                return
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                break
+        yield b"data: [DONE]\n\n"
+    finally:
+        await events.aclose()
+        await permit.aclose()
+
+
+@require_GET
+async def models(request):
+    try:
+        await _caller(request)
+    except exceptions.APIException as exc:
+        return api_exception_response(exc)
+    names = settings.PORTAL_MODELS or await relay.upstream_models()
+    return JsonResponse({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "portal"} for name in names]})

@@ -1,0 +1,72 @@
+"""What both chat front doors share: who is asking, and whether their chat request is well formed."""
+
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from rest_framework import exceptions, serializers
+
+from accounts.authentication import authenticate_api_key
+from accounts.models import ApiKey, Membership
+from accounts.permissions import membership_has
+from accounts.roles import Perm
+from tokens import services
+from tokens.models import TokenPool
+
+
+@dataclass(frozen=True)
+class ChatCaller:
+    membership: Membership
+    api_key: ApiKey | None
+
+    @property
+    def organization(self):
+        return self.membership.organization
+
+
+class ChatMessage(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "user", "assistant", "tool", "developer"])
+    content = serializers.JSONField()  # a string, or OpenAI content parts
+
+    def validate_content(self, value):
+        if not isinstance(value, (str, list)):
+            raise serializers.ValidationError("content must be a string or a list of parts.")
+        return value
+
+
+class ChatRequestInput(serializers.Serializer):
+    model = serializers.CharField(max_length=200)
+    messages = ChatMessage(many=True, allow_empty=False, max_length=1000)
+    max_tokens = serializers.IntegerField(min_value=1, max_value=1_000_000, required=False)
+    temperature = serializers.FloatField(min_value=0, max_value=2, required=False)
+    top_p = serializers.FloatField(min_value=0, max_value=1, required=False)
+    stream = serializers.BooleanField(required=False, default=True)
+    pool = serializers.SlugField(max_length=64, required=False, default="")
+
+
+def parse_chat_request(data) -> tuple[dict, str]:
+    """The body to send upstream (every other OpenAI field passes through untouched) and the pool asked for."""
+    if not isinstance(data, dict):
+        raise exceptions.ValidationError("The request must be a JSON object.")
+    checked = ChatRequestInput(data=data)
+    checked.is_valid(raise_exception=True)
+    body = {key: value for key, value in data.items() if key != "pool"}
+    body["stream"] = checked.validated_data["stream"]
+    return body, checked.validated_data["pool"]
+
+
+def _caller_from_key(raw_key: str) -> ChatCaller:
+    api_key = authenticate_api_key(raw_key)
+    return ChatCaller(api_key.membership, api_key)
+
+
+caller_from_key = database_sync_to_async(_caller_from_key)
+
+
+def ensure_may_chat(caller: ChatCaller) -> None:
+    if not membership_has(caller.membership, Perm.CHAT):
+        raise exceptions.PermissionDenied("Your role does not allow chat.")
+
+
+@database_sync_to_async
+def chat_pool(caller: ChatCaller, pool_name: str) -> TokenPool:
+    return services.lease_pool(caller.organization, api_key=caller.api_key, pool_name=pool_name)

@@ -1,0 +1,220 @@
+"""The chat relay: one async engine behind the websocket and the OpenAI-compatible SSE endpoint.
+
+stream_chat() leases a token, streams `POST {HF_INFERENCE_BASE_URL}/chat/completions` with the process's
+shared httpx.AsyncClient, and yields events as upstream chunks arrive. Before the first chunk, a token
+that fails (401, 402, 429, 5xx, timeout, connection) is reported with its error type, so the quarantine
+policy applies, and the next token is tried. After the first chunk a failure ends the stream with an
+error event. A consumer that stops early (client gone, cancel) closes the upstream stream at once and
+the lease is recorded as cancelled. Chunks are passed on as the bytes upstream sent.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from tokens import services
+from tokens.models import TokenPool
+from tokens.policy import ErrorType
+
+
+@dataclass(frozen=True)
+class Started:
+    token_id: int
+    token_label: str
+
+
+@dataclass(frozen=True)
+class Chunk:
+    data: bytes  # one SSE `data:` payload exactly as upstream sent it (a chat.completion.chunk)
+    content: str
+    finish_reason: str | None = None
+    usage: dict | None = None
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A non-streaming answer: the whole chat.completion body as upstream sent it."""
+
+    body: bytes
+    content: str
+    finish_reason: str | None
+    usage: dict | None
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+    error_type: str
+    status: int = 502  # the HTTP status when nothing was streamed yet
+    retry_after: int | None = None
+    headers: dict = field(default_factory=dict)
+
+
+RelayEvent = Started | Chunk | Completed | Failed
+
+
+class _UpstreamFailure(Exception):
+    def __init__(self, error_type: str, message: str, status: int = 502, blame_token: bool = True):
+        super().__init__(message)
+        self.error_type, self.message, self.status, self.blame_token = error_type, message, status, blame_token
+
+
+_clients: dict = {}
+
+
+def upstream_client() -> httpx.AsyncClient:
+    """One AsyncClient per process (per event loop): its connection pool is what makes relaying cheap."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        _clients.clear()  # a client is bound to its loop; daphne has one, tests start many
+        client = _clients[loop] = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                settings.PORTAL_UPSTREAM_READ_TIMEOUT, connect=settings.PORTAL_UPSTREAM_CONNECT_TIMEOUT
+            ),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+    return client
+
+
+def error_type_for_status(status: int) -> str | None:
+    """What an upstream HTTP error says about the token; None when it is the request's own fault."""
+    if status == 401:
+        return ErrorType.INVALID_CREDENTIALS
+    if status == 402:
+        return ErrorType.CREDITS_EXCEEDED
+    if status == 429:
+        return ErrorType.RATE_LIMITED
+    if status >= 500:
+        return ErrorType.SERVER_ERROR
+    return None
+
+
+def _upstream_message(body: bytes, status: int) -> str:
+    try:
+        payload = json.loads(body)
+        message = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(message, dict):  # OpenAI style {"error": {"message": …}}
+            message = message.get("message")
+        if message:
+            return f"{status}: {str(message)[:300]}"
+    except ValueError:
+        pass
+    return f"{status}: {body[:300].decode('utf-8', 'replace')}"
+
+
+async def _sse_payloads(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The `data:` payloads of an SSE stream, each as soon as its event is complete."""
+    buffer = b""
+    async for piece in response.aiter_raw():
+        buffer += piece
+        while True:
+            end = buffer.find(b"\n\n")
+            if end < 0:
+                break
+            event, buffer = buffer[:end], buffer[end + 2 :]
+            for line in event.replace(b"\r", b"").split(b"\n"):
+                if line.startswith(b"data:"):
+                    yield line[5:].strip()
+
+
+_report = database_sync_to_async(services.report_outcome)
+_lease = database_sync_to_async(services.lease_token)
+
+
+async def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) -> AsyncIterator[RelayEvent]:
+    """Relay one chat request; see the module docstring. `request` is the OpenAI-style body."""
+    url = f"{settings.HF_INFERENCE_BASE_URL}/chat/completions"
+    streaming = bool(request.get("stream", True))
+    last_failure: Failed | None = None
+    for _ in range(max(1, settings.PORTAL_UPSTREAM_ATTEMPTS)):
+        try:
+            grant = await _lease(organization=organization, pool=pool, user=user, api_key=api_key, client_name="relay")
+        except services.NoTokenAvailable as exc:
+            yield last_failure or Failed(str(exc.detail), exc.error_type, exc.status_code, retry_after=exc.wait)
+            return
+        report = {"organization": organization, "token_id": grant.token.pk, "lease_id": grant.lease.pk, "user": user}
+        started = False
+        finish_reason, usage = None, None
+        try:
+            async with upstream_client().stream(
+                "POST", url, json=request, headers={"Authorization": f"Bearer {grant.secret}"}
+            ) as response:
+                if response.status_code != 200:
+                    status = response.status_code
+                    message = _upstream_message(await response.aread(), status)
+                    error_type = error_type_for_status(status)
+                    if error_type is None:
+                        raise _UpstreamFailure("validation", message, status, blame_token=False)
+                    raise _UpstreamFailure(error_type, message)
+                if not streaming:
+                    body = await response.aread()
+                    completion = json.loads(body)
+                    choice = (completion.get("choices") or [{}])[0]
+                    finish_reason, usage = choice.get("finish_reason"), completion.get("usage")
+                    yield Started(grant.token.pk, grant.token.label)
+                    started = True
+                    content = (choice.get("message") or {}).get("content") or ""
+                    yield Completed(body, content, finish_reason, usage)
+                else:
+                    async for payload in _sse_payloads(response):
+                        if payload == b"[DONE]":
+                            break
+                        chunk = json.loads(payload)
+                        if chunk.get("error"):
+                            raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
+                        choice = (chunk.get("choices") or [{}])[0]
+                        finish_reason = choice.get("finish_reason") or finish_reason
+                        usage = chunk.get("usage") or usage
+                        if not started:
+                            yield Started(grant.token.pk, grant.token.label)
+                            started = True
+                        content = (choice.get("delta") or {}).get("content") or ""
+                        yield Chunk(payload, content, choice.get("finish_reason"), chunk.get("usage"))
+                    else:
+                        # The body ended without [DONE]: upstream went away mid-answer.
+                        raise _UpstreamFailure(ErrorType.CONNECTION_ERROR, "upstream closed the stream before [DONE]")
+        except (GeneratorExit, asyncio.CancelledError):
+            # The client went away or cancelled: not the token's fault. Shielded: the caller is cancelling us.
+            await asyncio.shield(_report(**report, success=False, cancelled=True))
+            raise
+        except httpx.TimeoutException as exc:
+            failure = _UpstreamFailure(ErrorType.TIMEOUT, f"upstream timed out ({type(exc).__name__})", 504)
+        except (httpx.TransportError, ValueError) as exc:
+            failure = _UpstreamFailure(ErrorType.CONNECTION_ERROR, f"upstream connection failed ({type(exc).__name__})")
+        except _UpstreamFailure as exc:
+            failure = exc
+        else:
+            await _report(**report, success=True)
+            return
+        await _report(**report, success=False, error=failure.message, error_type=failure.error_type, blame_token=failure.blame_token)
+        last_failure = Failed(failure.message, failure.error_type, failure.status)
+        if started or not failure.blame_token:
+            # Mid-stream, or the request itself was refused: another token would not help.
+            yield last_failure
+            return
+    yield last_failure
+
+
+_models_cache: tuple[float, list[str]] = (0.0, [])
+
+
+async def upstream_models() -> list[str]:
+    """The model ids the upstream lists (the HF router lists them without a token), cached for 5 minutes."""
+    global _models_cache
+    fetched_at, names = _models_cache
+    if time.monotonic() - fetched_at < 300 and names:
+        return names
+    try:
+        response = await upstream_client().get(f"{settings.HF_INFERENCE_BASE_URL}/models", timeout=10)
+        names = [entry["id"] for entry in response.json().get("data", []) if isinstance(entry, dict) and "id" in entry]
+    except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+        return names  # the last good list, or none
+    _models_cache = (time.monotonic(), names)
+    return names
