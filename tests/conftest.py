@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 from django.conf import settings
@@ -129,3 +130,61 @@ def make_token(db):
         )
 
     return make
+
+
+LIVE_ADMIN_KEY = "pk_live_portal_admin_key_for_tests_0123456789"
+LIVE_MAX_CONCURRENT = 8
+
+
+@pytest.fixture(scope="session")
+def live_portal(standin_url, tmp_path_factory):
+    """The real thing: daphne serving portal.asgi in its own process, with the stand-in as Hugging Face.
+
+    It has its own database (a SQLite file, or DATABASE_URL's database on the PostgreSQL run) and a
+    superuser admin whose key is LIVE_ADMIN_KEY. Upstream reads time out after 0.5 s (the stand-in's
+    slow tokens wait 1 s) and one worker carries LIVE_MAX_CONCURRENT streams."""
+    var_dir = tmp_path_factory.mktemp("live-portal")
+    env = {
+        **os.environ,
+        "PORTAL_VAR_DIR": str(var_dir),
+        "PORTAL_ADMIN_API_KEY": LIVE_ADMIN_KEY,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "HF_API_BASE": standin_url,
+        "HF_INFERENCE_BASE_URL": f"{standin_url}/v1",
+        "PORTAL_UPSTREAM_READ_TIMEOUT": "0.5",
+        "PORTAL_MAX_CONCURRENT_REQUESTS": str(LIVE_MAX_CONCURRENT),
+    }
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, check=True)
+    subprocess.run([*manage, "bootstrap"], env=env, check=True, stdout=subprocess.DEVNULL)
+    port = free_port()
+    log = open(var_dir / "daphne.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def live_org(live_portal):
+    """A fresh organization on the live portal: its admin's and a user's API keys, made through the REST API."""
+    import httpx
+
+    slug = f"live-{next(_names)}-{os.getpid()}"
+    admin = httpx.Client(base_url=live_portal, headers={"Authorization": f"Bearer {LIVE_ADMIN_KEY}"}, timeout=10)
+    admin.post("/admin/organizations", json={"name": slug, "slug": slug}).raise_for_status()
+    org_admin = admin.post(
+        "/admin/users", json={"username": f"{slug}-admin", "role": "admin", "organization": slug}
+    ).json()
+    admin.close()
+    org_client = httpx.Client(base_url=live_portal, headers={"Authorization": f"Bearer {org_admin['api_key']}"}, timeout=10)
+    user = org_client.post("/admin/users", json={"username": f"{slug}-user", "role": "user"}).json()
+    yield SimpleNamespace(url=live_portal, slug=slug, admin=org_client, admin_key=org_admin["api_key"], user_key=user["api_key"])
+    org_client.close()
