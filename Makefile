@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test test-sqlite test-services venv migrate clean
+.PHONY: run demo test test-sqlite test-services venv migrate clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,16 @@ migrate: venv
 run: migrate
 	$(PY) manage.py bootstrap
 	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) portal.asgi:application
+
+# Offline demo: the stand-in Hugging Face on 127.0.0.1:8090 and a seeded pool, in its own var/demo.
+DEMO_ENV := PORTAL_VAR_DIR=var/demo HF_API_BASE=http://127.0.0.1:8090 HF_INFERENCE_BASE_URL=http://127.0.0.1:8090/v1
+demo: venv
+	$(DEMO_ENV) $(PY) manage.py migrate --noinput -v0
+	$(DEMO_ENV) $(PY) manage.py bootstrap
+	$(DEMO_ENV) $(PY) manage.py seed_demo
+	$(PY) manage.py standin_upstream --port 8090 & standin=$$!; \
+	trap "kill $$standin 2>/dev/null" EXIT INT TERM; \
+	$(DEMO_ENV) $(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) portal.asgi:application
 
 # The whole suite on SQLite, then again on a throwaway PostgreSQL + Redis when their
 # server binaries are installed (skipped with a message otherwise).

@@ -1,4 +1,4 @@
-import subprocess
+import os
 import sys
 
 from django.core.management.base import BaseCommand
@@ -13,6 +13,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, host, port, **options):
         self.stdout.write(f"Stand-in upstream on http://{host}:{port} (HF_API_BASE / HF_INFERENCE_BASE_URL=…/v1)")
-        # The stand-in is plain ASGI, independent of Django; daphne serves it in its own process.
-        command = [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "tokens.standin:application"]
-        raise SystemExit(subprocess.call(command))
+        self.stdout.flush()
+        # The stand-in is plain ASGI, independent of Django: daphne replaces this process to serve it,
+        # so stopping this command's PID stops the server.
+        os.execv(sys.executable, [sys.executable, "-m", "daphne", "-b", host, "-p", str(port), "tokens.standin:application"])
