@@ -206,3 +206,5 @@ PORTAL_UPSTREAM_CONNECT_TIMEOUT = float(os.environ.get("PORTAL_UPSTREAM_CONNECT_
 PORTAL_UPSTREAM_READ_TIMEOUT = float(os.environ.get("PORTAL_UPSTREAM_READ_TIMEOUT", "120"))
 # Models /v1/models lists; empty: ask the upstream.
 PORTAL_MODELS = env_list("PORTAL_MODELS", "")
+# /proxy/hf/<path> relays to this origin with the Authorization header swapped for a leased token.
+PORTAL_PROXY_BASE_URL = os.environ.get("PORTAL_PROXY_BASE_URL", "https://router.huggingface.co").rstrip("/")

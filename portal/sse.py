@@ -107,3 +107,45 @@ async def models(request):
         return api_exception_response(exc)
     names = settings.PORTAL_MODELS or await relay.upstream_models()
     return JsonResponse({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "portal"} for name in names]})
+
+
+@csrf_exempt
+async def proxy(request, path: str):
+    """/proxy/hf/<path>: any Hugging Face call, relayed as it is, with a pooled token as its credentials."""
+    try:
+        caller = await _caller(request)
+        pool = await chat_pool(caller, request.headers.get("X-Portal-Pool", ""))
+        permit = contextlib.AsyncExitStack()
+        await permit.enter_async_context(
+            stream_permit(organization_id=caller.organization.pk, api_key_id=caller.api_key.pk)
+        )
+    except exceptions.APIException as exc:
+        return api_exception_response(exc)
+    events = relay.proxy_stream(
+        organization=caller.organization, user=caller.membership.user, api_key=caller.api_key, pool=pool,
+        method=request.method, path=path, query=request.META.get("QUERY_STRING", ""),
+        headers=dict(request.headers), body=request.body,
+    )
+    try:
+        head = await anext(events)
+    except BaseException:
+        await events.aclose()
+        await permit.aclose()
+        raise
+    if isinstance(head, relay.Failed):
+        await permit.aclose()
+        return _failed_response(head)
+    response = StreamingHttpResponse(_passthrough(events, permit), status=head.status)
+    for name, value in head.headers:
+        response[name] = value
+    return response
+
+
+async def _passthrough(events, permit):
+    try:
+        async for piece in events:
+            if isinstance(piece, bytes):
+                yield piece
+    finally:
+        await events.aclose()
+        await permit.aclose()

@@ -9,6 +9,7 @@ urlpatterns = [
     path("", include("tokens.urls")),
     path("v1/chat/completions", sse.chat_completions, name="chat-completions"),
     path("v1/models", sse.models, name="models"),
+    path("proxy/hf/<path:path>", sse.proxy, name="proxy"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     # /admin/ is the portal's REST API; Django's own admin site lives here.

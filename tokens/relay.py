@@ -218,3 +218,65 @@ async def upstream_models() -> list[str]:
         return names  # the last good list, or none
     _models_cache = (time.monotonic(), names)
     return names
+
+
+@dataclass(frozen=True)
+class ProxyHead:
+    status: int
+    headers: list[tuple[str, str]]
+
+
+_HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
+    "upgrade", "host", "content-length", "authorization", "cookie", "x-portal-pool",
+}
+
+
+async def proxy_stream(
+    *, organization, user, api_key, pool: TokenPool, method: str, path: str, query: str, headers: dict, body: bytes
+) -> AsyncIterator[ProxyHead | bytes | Failed]:
+    """Relay any request to the Hugging Face router with only the credentials swapped: a ProxyHead, then
+    the body as it arrives. Token failures before the answer starts are reported and retried like chat."""
+    url = f"{settings.PORTAL_PROXY_BASE_URL}/{path}" + (f"?{query}" if query else "")
+    forwarded = {name: value for name, value in headers.items() if name.lower() not in _HOP_BY_HOP}
+    last_failure: Failed | None = None
+    for _ in range(max(1, settings.PORTAL_UPSTREAM_ATTEMPTS)):
+        try:
+            grant = await _lease(organization=organization, pool=pool, user=user, api_key=api_key, client_name="proxy")
+        except services.NoTokenAvailable as exc:
+            yield last_failure or Failed(str(exc.detail), exc.error_type, exc.status_code, retry_after=exc.wait)
+            return
+        report = {"organization": organization, "token_id": grant.token.pk, "lease_id": grant.lease.pk, "user": user}
+        started = False
+        request = upstream_client().build_request(
+            method, url, content=body, headers={**forwarded, "Authorization": f"Bearer {grant.secret}"}
+        )
+        try:
+            response = await upstream_client().send(request, stream=True)
+            try:
+                error_type = error_type_for_status(response.status_code)
+                if error_type is not None:
+                    raise _UpstreamFailure(error_type, _upstream_message(await response.aread(), response.status_code), response.status_code)
+                started = True
+                yield ProxyHead(response.status_code, [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP])
+                async for piece in response.aiter_raw():
+                    yield piece
+            finally:
+                await response.aclose()
+        except (GeneratorExit, asyncio.CancelledError):
+            await asyncio.shield(_report(**report, success=False, cancelled=True))
+            raise
+        except httpx.TimeoutException as exc:
+            failure = _UpstreamFailure(ErrorType.TIMEOUT, f"upstream timed out ({type(exc).__name__})", 504)
+        except httpx.TransportError as exc:
+            failure = _UpstreamFailure(ErrorType.CONNECTION_ERROR, f"upstream connection failed ({type(exc).__name__})")
+        except _UpstreamFailure as exc:
+            failure = exc
+        else:
+            await _report(**report, success=True)
+            return
+        await _report(**report, success=False, error=failure.message, error_type=failure.error_type)
+        last_failure = Failed(failure.message, failure.error_type, failure.status)
+        if started:
+            return  # the answer was under way: nothing more can be said to the client
+    yield last_failure
