@@ -10,7 +10,6 @@ import json
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
 from rest_framework import exceptions
 
 from accounts.authentication import bearer_key_from_header
@@ -31,9 +30,18 @@ async def _caller(request):
     return caller
 
 
+def _method_not_allowed(request, allowed: str) -> HttpResponse | None:
+    if request.method == allowed:
+        return None
+    response = error_response(f"Use {allowed}.", "method_not_allowed", 405)
+    response["Allow"] = allowed
+    return response
+
+
 @csrf_exempt
-@require_POST
 async def chat_completions(request):
+    if refused := _method_not_allowed(request, "POST"):
+        return refused
     try:
         caller = await _caller(request)
         try:
@@ -66,7 +74,8 @@ async def chat_completions(request):
         await permit.aclose()
         raise
     if isinstance(first, relay.Completed):
-        await events.aclose()
+        async for _ in events:  # run the relay to its end, where it reports the success
+            pass
         await permit.aclose()
         return HttpResponse(first.body, content_type="application/json")
     return StreamingHttpResponse(
@@ -99,8 +108,9 @@ async def _sse_stream(first, events, permit):
         await permit.aclose()
 
 
-@require_GET
 async def models(request):
+    if refused := _method_not_allowed(request, "GET"):
+        return refused
     try:
         await _caller(request)
     except exceptions.APIException as exc:

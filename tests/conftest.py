@@ -89,10 +89,12 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 
 @pytest.fixture(scope="session")
 def standin_url():
-    """The project's stand-in Hugging Face upstream, served by daphne in its own process."""
+    """The project's stand-in Hugging Face upstream, served in its own process."""
+    from tokens.standin import standin_command
+
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "tokens.standin:application"],
+        standin_command("127.0.0.1", port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "STANDIN_SLOW_SECONDS": "1"},

@@ -19,6 +19,7 @@ press Stop). Run it with `python manage.py standin_upstream`.
 import asyncio
 import json
 import os
+import sys
 import time
 import uuid
 
@@ -33,6 +34,15 @@ HF_ERRORS = {
     "error500": (500, "Internal Server Error"),
 }
 MODELS = ["standin/echo", "standin/slow-echo", "meta-llama/Llama-3.1-8B-Instruct"]
+
+
+def standin_command(host: str, port: int) -> list[str]:
+    """How to serve the stand-in: plain ASGI under uvicorn, which (unlike daphne) really drops the
+    connection of a response that never finishes, as the "drop" tokens need."""
+    return [
+        sys.executable, "-m", "uvicorn", "tokens.standin:application", "--host", host, "--port", str(port),
+        "--no-access-log", "--log-level", "warning",
+    ]
 
 
 def _token_of(scope) -> str:
@@ -141,8 +151,9 @@ async def _chat(scope, receive, send) -> None:
     delay = 0.1 if "slow" in model else 0.0
     for index, word in enumerate(words):
         if "drop" in token and index == 3:
-            # Vanish mid-stream, as a dropped connection does: no final chunk, no [DONE].
-            raise ConnectionResetError("stand-in dropped the stream on purpose")
+            # Vanish mid-stream, as a dropped connection does: end without finishing the response,
+            # which makes the server close the connection with the body incomplete.
+            return
         await send({"type": "http.response.body", "body": _chunk(completion_id, model, created, word), "more_body": True})
         if delay:
             await asyncio.sleep(delay)
