@@ -375,7 +375,7 @@ def test_a_stream_dropped_mid_answer_ends_with_an_error_event_and_no_done(org):
     assert len(result.errors) == 1 and result.events[-1] is result.errors[0]
     assert set(result.errors[0]) == {"error", "error_type"}
     error_type = result.errors[0]["error_type"]
-    assert error_type in ("connection_error", "timeout")  # see the xfail below for which one it should be
+    assert error_type == "connection_error"
     rows = org.usage_when_settled()
     assert list(rows) == [drop], "only the dropping token was leased"
     assert (rows[drop]["leases"], rows[drop]["errors"], nonzero(rows[drop]["errors_by_type"])) == (1, 1, {error_type: 1})
