@@ -25,7 +25,9 @@ def membership_get(organization: Organization, user_id) -> Membership:
 
 def membership_for_user(user: User, organization_id=None) -> Membership | None:
     """The membership a session acts through: the chosen organization, else the user's first active one."""
-    memberships = Membership.objects.select_related("organization", "user").filter(user=user, is_active=True)
+    memberships = Membership.objects.select_related("organization", "user").filter(
+        user=user, is_active=True, organization__is_active=True
+    )
     if organization_id is not None:
         chosen = memberships.filter(organization_id=organization_id).first()
         if chosen is not None:

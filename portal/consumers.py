@@ -20,10 +20,10 @@ from rest_framework import exceptions
 from accounts import selectors as account_selectors
 from accounts.authentication import bearer_key_from_header
 from accounts.permissions import SESSION_ORGANIZATION_KEY
-from portal.errors import validation_message
+from portal.errors import describe_api_exception, validation_message
 from tokens import relay
 from tokens.chat import ChatCaller, caller_from_key, chat_pool, ensure_may_chat, parse_chat_request
-from tokens.limits import Overloaded, stream_permit
+from tokens.limits import stream_permit
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -112,10 +112,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 )
                 async with contextlib.aclosing(events):
                     await self._forward(request_id, events)
-        except Overloaded as exc:
-            await self._error(request_id, str(exc.detail), exc.error_type)
-        except exceptions.APIException as exc:
-            await self._error(request_id, str(exc.detail), getattr(exc, "error_type", "validation"))
+        except exceptions.APIException as exc:  # overloaded, unknown pool, …: the same kinds as over HTTP
+            payload, _ = describe_api_exception(exc)
+            await self._error(request_id, payload["error"], payload["error_type"])
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self.send_json({"type": "chat.end", "id": request_id, "finish_reason": "cancelled", "usage": None})
