@@ -208,3 +208,5 @@ PORTAL_UPSTREAM_READ_TIMEOUT = float(os.environ.get("PORTAL_UPSTREAM_READ_TIMEOU
 PORTAL_MODELS = env_list("PORTAL_MODELS", "")
 # /proxy/hf/<path> relays to this origin with the Authorization header swapped for a leased token.
 PORTAL_PROXY_BASE_URL = os.environ.get("PORTAL_PROXY_BASE_URL", "https://router.huggingface.co").rstrip("/")
+# Threads that run the async side's database work on PostgreSQL (SQLite always uses one).
+PORTAL_DB_THREADS = int(os.environ.get("PORTAL_DB_THREADS", "8"))

@@ -15,19 +15,17 @@ from rest_framework import exceptions
 from accounts.authentication import bearer_key_from_header
 from portal.errors import api_exception_response, error_response
 from tokens import relay
-from tokens.chat import caller_from_key, chat_pool, ensure_may_chat, parse_chat_request
+from tokens.chat import caller_from_key, chat_context, ensure_may_chat, parse_chat_request
 from tokens.limits import Overloaded, stream_permit
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def _caller(request):
+def _raw_key(request) -> str:
     raw_key = bearer_key_from_header(request.headers.get("Authorization", "").encode("latin-1"))
     if raw_key is None:
         raise exceptions.NotAuthenticated("Send your portal API key as `Authorization: Bearer <key>`.")
-    caller = await caller_from_key(raw_key)
-    ensure_may_chat(caller)
-    return caller
+    return raw_key
 
 
 def _method_not_allowed(request, allowed: str) -> HttpResponse | None:
@@ -43,13 +41,13 @@ async def chat_completions(request):
     if refused := _method_not_allowed(request, "POST"):
         return refused
     try:
-        caller = await _caller(request)
+        raw_key = _raw_key(request)
         try:
             data = json.loads(request.body)
         except ValueError:
             raise exceptions.ValidationError("The body is not valid JSON.") from None
         body, pool_name = parse_chat_request(data)
-        pool = await chat_pool(caller, pool_name or request.headers.get("X-Portal-Pool", ""))
+        caller, pool = await chat_context(raw_key, pool_name or request.headers.get("X-Portal-Pool", ""))
         permit = contextlib.AsyncExitStack()
         await permit.enter_async_context(
             stream_permit(organization_id=caller.organization.pk, api_key_id=caller.api_key.pk)
@@ -112,7 +110,8 @@ async def models(request):
     if refused := _method_not_allowed(request, "GET"):
         return refused
     try:
-        await _caller(request)
+        caller = await caller_from_key(_raw_key(request))
+        ensure_may_chat(caller)
     except exceptions.APIException as exc:
         return api_exception_response(exc)
     names = settings.PORTAL_MODELS or await relay.upstream_models()
@@ -123,8 +122,7 @@ async def models(request):
 async def proxy(request, path: str):
     """/proxy/hf/<path>: any Hugging Face call, relayed as it is, with a pooled token as its credentials."""
     try:
-        caller = await _caller(request)
-        pool = await chat_pool(caller, request.headers.get("X-Portal-Pool", ""))
+        caller, pool = await chat_context(_raw_key(request), request.headers.get("X-Portal-Pool", ""))
         permit = contextlib.AsyncExitStack()
         await permit.enter_async_context(
             stream_permit(organization_id=caller.organization.pk, api_key_id=caller.api_key.pk)

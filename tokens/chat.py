@@ -2,13 +2,13 @@
 
 from dataclasses import dataclass
 
-from channels.db import database_sync_to_async
 from rest_framework import exceptions, serializers
 
 from accounts.authentication import authenticate_api_key
 from accounts.models import ApiKey, Membership
 from accounts.permissions import membership_has
 from accounts.roles import Perm
+from portal.db import on_db_threads
 from tokens import services
 from tokens.models import TokenPool
 
@@ -59,7 +59,7 @@ def _caller_from_key(raw_key: str) -> ChatCaller:
     return ChatCaller(api_key.membership, api_key)
 
 
-caller_from_key = database_sync_to_async(_caller_from_key)
+caller_from_key = on_db_threads(_caller_from_key)
 
 
 def ensure_may_chat(caller: ChatCaller) -> None:
@@ -67,6 +67,18 @@ def ensure_may_chat(caller: ChatCaller) -> None:
         raise exceptions.PermissionDenied("Your role does not allow chat.")
 
 
-@database_sync_to_async
-def chat_pool(caller: ChatCaller, pool_name: str) -> TokenPool:
+def _chat_pool(caller: ChatCaller, pool_name: str) -> TokenPool:
     return services.lease_pool(caller.organization, api_key=caller.api_key, pool_name=pool_name)
+
+
+chat_pool = on_db_threads(_chat_pool)
+
+
+def _chat_context(raw_key: str, pool_name: str) -> tuple[ChatCaller, TokenPool]:
+    """Who is asking and from which pool, in one trip to the database threads."""
+    caller = _caller_from_key(raw_key)
+    ensure_may_chat(caller)
+    return caller, _chat_pool(caller, pool_name)
+
+
+chat_context = on_db_threads(_chat_context)

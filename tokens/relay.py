@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
-from channels.db import database_sync_to_async
 from django.conf import settings
 
+from portal.db import on_db_threads
 from tokens import services
 from tokens.models import TokenPool
 from tokens.policy import ErrorType
@@ -124,8 +124,8 @@ async def _sse_payloads(response: httpx.Response) -> AsyncIterator[bytes]:
                     yield line[5:].strip()
 
 
-_report = database_sync_to_async(services.report_outcome)
-_lease = database_sync_to_async(services.lease_token)
+_report = on_db_threads(services.report_outcome)
+_lease = on_db_threads(services.lease_token)
 
 
 async def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) -> AsyncIterator[RelayEvent]:
