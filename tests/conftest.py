@@ -190,3 +190,15 @@ def live_org(live_portal):
     user = org_client.post("/admin/users", json={"username": f"{slug}-user", "role": "user"}).json()
     yield SimpleNamespace(url=live_portal, slug=slug, admin=org_client, admin_key=org_admin["api_key"], user_key=user["api_key"])
     org_client.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_database_thread_connections():
+    """The async side's database threads keep their connections; close them so the test database can go."""
+    yield
+    from asgiref.sync import async_to_sync
+    from django.db import connections
+
+    from portal.db import on_db_threads
+
+    async_to_sync(on_db_threads(connections.close_all))()
