@@ -4,13 +4,12 @@ from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
 from accounts.models import ApiKey, AuditEvent, Membership, Organization, User
+from portal.db import unique_or_none
 
 
 def api_key_by_digest(digest: str) -> ApiKey | None:
-    return (
-        ApiKey.objects.select_related("membership__user", "membership__organization", "pool")
-        .filter(digest=digest)
-        .first()
+    return unique_or_none(
+        ApiKey.objects.select_related("membership__user", "membership__organization", "pool").filter(digest=digest)
     )
 
 
@@ -62,7 +61,7 @@ def organization_list() -> QuerySet[Organization]:
 
 
 def organization_by_slug(slug: str) -> Organization | None:
-    return Organization.objects.filter(slug=slug).first()
+    return unique_or_none(Organization.objects.filter(slug=slug))
 
 
 def admin_exists() -> bool:

@@ -9,6 +9,7 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.shortcuts import get_object_or_404
 
 from accounts.models import Organization, User
+from portal.db import unique_or_none
 from tokens.models import HFToken, Lease, Outcome, Strategy, TokenEvent, TokenPool, UsageCounter
 from tokens.policy import ErrorType, Status
 
@@ -24,7 +25,7 @@ def pool_get(organization: Organization, pool_id) -> TokenPool:
 
 
 def pool_by_name(organization: Organization, name: str) -> TokenPool | None:
-    return TokenPool.objects.filter(organization=organization, name=name).first()
+    return unique_or_none(TokenPool.objects.filter(organization=organization, name=name))
 
 
 def token_list(organization: Organization, *, pool: str = "", status: str = "") -> QuerySet[HFToken]:

@@ -13,6 +13,7 @@ from rest_framework import exceptions
 
 from accounts.audit import audit_record
 from accounts.models import ApiKey, Organization, User
+from portal.db import unique_or_none
 from portal.errors import Conflict, PortalError
 from portal.redact import redact_secrets
 from tokens import hf_api, selectors
@@ -327,11 +328,11 @@ def _lock_next_token(pool: TokenPool, now: datetime) -> HFToken | None:
         if not order:
             return None
         for token_id in order:
-            token = eligible.filter(pk=token_id).select_for_update(skip_locked=True, of=("self",)).first()
+            token = unique_or_none(eligible.filter(pk=token_id).select_for_update(skip_locked=True, of=("self",)))
             if token is not None:
                 return token
         # PostgreSQL re-checks the filter on the row's newest version once the lock is ours.
-        token = eligible.filter(pk=order[0]).select_for_update(of=("self",)).first()
+        token = unique_or_none(eligible.filter(pk=order[0]).select_for_update(of=("self",)))
         if token is not None:
             return token
     return None
@@ -467,11 +468,10 @@ def report_outcome(
     elif blame_token and error_type not in ErrorType.ALL:
         error_type = classify_error(error)
     with transaction.atomic():
-        token = (
+        token = unique_or_none(
             HFToken.objects.select_for_update(of=("self",))  # lock the token only, never its pool
             .select_related("pool")
             .filter(organization=organization, pk=token_id)
-            .first()
         )
         if token is None:
             raise exceptions.NotFound("No such token.")
@@ -518,7 +518,7 @@ def report_outcome(
 def _lease_for_report(organization, token, lease_id, *, api_key, user) -> Lease | None:
     if lease_id is None:
         return selectors.open_lease_for_report(token, api_key=api_key, user=user)
-    lease = Lease.objects.select_for_update(of=("self",)).filter(organization=organization, pk=lease_id).first()
+    lease = unique_or_none(Lease.objects.select_for_update(of=("self",)).filter(organization=organization, pk=lease_id))
     if lease is None:
         raise exceptions.NotFound("No such lease.")
     if lease.token_id != token.pk:
