@@ -87,11 +87,13 @@ def seconds_until_token_returns(pool: TokenPool, now: datetime) -> int | None:
     return max(1, math.ceil((min(candidates) - now).total_seconds()))
 
 
-def open_lease_for_report(token: HFToken, *, api_key=None, user=None) -> Lease | None:
-    """The lease a report without lease_id is about: the oldest open one of this key (or user) on this token."""
-    leases = Lease.objects.filter(token=token, reported_at__isnull=True)
+def lease_for_report(token: HFToken, *, api_key=None, user=None) -> Lease | None:
+    """The lease a report without lease_id is about: the oldest open one of this key (or user) on this
+    token, else its most recent expired one (a report that came too late)."""
+    leases = Lease.objects.filter(token=token)
     leases = leases.filter(api_key=api_key) if api_key is not None else leases.filter(user=user)
-    return leases.order_by("leased_at", "id").first()
+    open_lease = leases.filter(reported_at__isnull=True).order_by("leased_at", "id").first()
+    return open_lease or leases.filter(outcome=Outcome.EXPIRED).order_by("-leased_at", "-id").first()
 
 
 def overdue_leases(now: datetime, *, limit: int = 500) -> list[Lease]:

@@ -387,21 +387,21 @@ _COUNT_SQL = (
 )
 
 
-def _count_usage(lease: Lease, *metrics: str) -> None:
-    """Add one to each metric of the lease's hour, for its token, user and pool, in one upsert, once the
+def _count_usage(lease: Lease, *metrics: str, delta: int = 1) -> None:
+    """Add `delta` to each metric of the lease's hour, for its token, user and pool, in one upsert, once the
     caller's transaction has committed: a pool's counter row is shared by all its leases, and holding its
     lock until the end of every lease transaction would make them queue behind each other."""
-    transaction.on_commit(lambda: _upsert_usage(lease, metrics))
+    transaction.on_commit(lambda: _upsert_usage(lease, metrics, delta), robust=True)
 
 
-def _upsert_usage(lease: Lease, metrics) -> None:
+def _upsert_usage(lease: Lease, metrics, delta: int) -> None:
     hour = connection.ops.adapt_datetimefield_value(lease.leased_at.replace(minute=0, second=0, microsecond=0))
     keys = [("token", lease.token_id), ("user", lease.user_id), ("pool", lease.pool_id)]
     rows, params = [], []
     for metric in metrics:
         for dimension, key_id in keys:
-            rows.append("(%s, %s, %s, %s, %s, 1)")
-            params += [lease.organization_id, dimension, key_id or 0, hour, metric]
+            rows.append("(%s, %s, %s, %s, %s, %s)")
+            params += [lease.organization_id, dimension, key_id or 0, hour, metric, delta]
     with connection.cursor() as cursor:
         cursor.execute(_COUNT_SQL.format(rows=", ".join(rows)), params)
 
@@ -458,8 +458,8 @@ def report_outcome(
     blame_token: bool = True,
     now: datetime | None = None,
 ) -> ReportResult:
-    """Close the lease and let the quarantine policy move the token. A report of a lease already closed
-    changes nothing (clients retry reports). A cancelled lease, or an error that was the request's own
+    """Close the caller's lease and let the quarantine policy move the token. A report of a lease already
+    closed changes nothing (clients retry reports). A cancelled lease, or an error that was the request's own
     (blame_token=False, e.g. upstream refusing invalid input), is recorded but does not move the token."""
     now = now or timezone.now()
     blame_token = blame_token and not cancelled
@@ -476,12 +476,13 @@ def report_outcome(
         if token is None:
             raise exceptions.NotFound("No such token.")
         lease = _lease_for_report(organization, token, lease_id, api_key=api_key, user=user)
-        if lease is not None and lease.reported_at is not None:
-            if lease.outcome != Outcome.EXPIRED:
-                return ReportResult(token=token, lease=lease, duplicate=True)
-            # Too late for the lease, which stays expired in usage, but not for the token: a late 402
-            # still quarantines it.
-            lease = None
+        if lease.reported_at is not None and lease.outcome != Outcome.EXPIRED:
+            return ReportResult(token=token, lease=lease, duplicate=True)
+        # A late report of an expired lease still counts, for the token (a late 402 still quarantines it)
+        # and in usage, where the lease moves from expired to what was reported.
+        was_open = lease.reported_at is None
+        if not was_open:
+            _count_usage(lease, Outcome.EXPIRED, delta=-1)
         # Clients quote whatever their HTTP library said, which may include the token itself.
         error = redact_secrets(error or "", decrypt_secret(token.secret_encrypted))[: Lease.ERROR_TEXT_LIMIT]
 
@@ -499,13 +500,13 @@ def report_outcome(
                 token.error_count += 1
                 token.last_error, token.last_error_type, token.last_error_at = error, error_type, now
                 changed_fields += ["error_count", "last_error", "last_error_type", "last_error_at"]
-        if lease is not None:
-            lease.reported_at = now
-            lease.outcome = Outcome.CANCELLED if cancelled else Outcome.SUCCESS if success else Outcome.ERROR
-            lease.error_type, lease.error = error_type or "", error
-            lease.client_name = client_name[:100] or lease.client_name
-            lease.save(update_fields=["reported_at", "outcome", "error_type", "error", "client_name"])
-            _count_usage(lease, lease.outcome, *([f"error:{error_type}"] if lease.outcome == Outcome.ERROR else []))
+        lease.reported_at = now
+        lease.outcome = Outcome.CANCELLED if cancelled else Outcome.SUCCESS if success else Outcome.ERROR
+        lease.error_type, lease.error = error_type or "", error
+        lease.client_name = client_name[:100] or lease.client_name
+        lease.save(update_fields=["reported_at", "outcome", "error_type", "error", "client_name"])
+        _count_usage(lease, lease.outcome, *([f"error:{error_type}"] if lease.outcome == Outcome.ERROR else []))
+        if was_open:  # an expired lease gave its slot back when it expired
             token.active_leases = max(token.active_leases - 1, 0)
             changed_fields.append("active_leases")
         if changed_fields:
@@ -515,12 +516,19 @@ def report_outcome(
     return ReportResult(token=token, lease=lease)
 
 
-def _lease_for_report(organization, token, lease_id, *, api_key, user) -> Lease | None:
+def _lease_for_report(organization, token, lease_id, *, api_key, user) -> Lease:
+    """The caller's own lease the report is about. Only a lease holder moves a token: otherwise any key of
+    the organization could take every token out of rotation with made-up reports."""
     if lease_id is None:
-        return selectors.open_lease_for_report(token, api_key=api_key, user=user)
-    lease = unique_or_none(Lease.objects.select_for_update(of=("self",)).filter(organization=organization, pk=lease_id))
+        lease = selectors.lease_for_report(token, api_key=api_key, user=user)
+        if lease is None:
+            raise exceptions.NotFound("You hold no lease on this token: lease it before reporting on it.")
+        return lease
+    leases = Lease.objects.select_for_update(of=("self",)).filter(organization=organization, pk=lease_id)
+    leases = leases.filter(api_key=api_key) if api_key is not None else leases.filter(user=user)
+    lease = unique_or_none(leases)
     if lease is None:
-        raise exceptions.NotFound("No such lease.")
+        raise exceptions.NotFound("No such lease of yours.")
     if lease.token_id != token.pk:
         raise exceptions.ValidationError({"lease_id": ["This lease is of another token."]})
     return lease

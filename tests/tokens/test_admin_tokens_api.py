@@ -76,6 +76,9 @@ def add_token(api, secret: str | None = None, **fields):
 
 
 def report(api, token_id, *, status="error", error=""):
+    """Lease the token (only the holder of a lease may report on it), then report."""
+    leased = api.get("/keys/provision/hf")
+    assert leased.status_code == 200 and leased.json()["token_id"] == str(token_id), leased.content
     response = api.post("/keys/report/hf", {"token_id": token_id, "status": status, "error": error}, format="json")
     assert response.status_code == 200, response.content
     return response.json()

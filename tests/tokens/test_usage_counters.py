@@ -80,3 +80,26 @@ def test_an_expired_lease_is_counted_as_expired(organization, make_member, make_
 
     (row,) = selectors.usage_summary(organization, since=leased_at, until=timezone.now(), group_by="pool")
     assert (row["leases"], row["expired"], row["open"]) == (1, 1, 0)
+
+
+def test_a_late_report_moves_the_lease_from_expired_to_its_outcome_in_usage(
+    organization, make_member, make_token, django_capture_on_commit_callbacks
+):
+    member, _ = make_member(organization, Role.USER)
+    token = make_token(organization)
+    pool = selectors.pool_by_name(organization, "default")
+    leased_at = timezone.now() - timedelta(hours=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        grant = services.lease_token(organization=organization, pool=pool, user=member.user, now=leased_at)
+        services.leases_expire_overdue(now=timezone.now(), force=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.report_outcome(
+            organization=organization, token_id=token.pk, lease_id=grant.lease.pk, user=member.user,
+            success=False, error_type=ErrorType.CREDITS_EXCEEDED,
+        )
+
+    (row,) = selectors.usage_summary(organization, since=leased_at, until=timezone.now(), group_by="token")
+    assert (row["leases"], row["expired"], row["errors"], row["errors_by_type"]["credits_exceeded"]) == (1, 0, 1, 1)
+    incremental = sorted(UsageCounter.objects.exclude(count=0).values_list("dimension", "key_id", "hour", "metric", "count"))
+    services.usage_counters_rebuild()
+    assert sorted(UsageCounter.objects.values_list("dimension", "key_id", "hour", "metric", "count")) == incremental
