@@ -8,7 +8,7 @@ A bad frame gets chat.error `validation` and the connection stays open; no frame
 
 import asyncio
 import contextlib
-import json
+import logging
 from urllib.parse import urlparse
 
 from channels.db import database_sync_to_async
@@ -22,8 +22,10 @@ from accounts.authentication import bearer_key_from_header
 from accounts.permissions import SESSION_ORGANIZATION_KEY
 from portal.errors import describe_api_exception, validation_message
 from tokens import relay
-from tokens.chat import ChatCaller, caller_from_key, chat_pool, ensure_may_chat, parse_chat_request
+from tokens.chat import ChatCaller, caller_from_key, chat_pool, ensure_may_chat, load_json, parse_chat_request
 from tokens.limits import stream_permit
+
+logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -71,8 +73,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive(self, text_data=None, bytes_data=None):
         try:
-            content = json.loads(text_data if text_data is not None else bytes_data)
-        except (TypeError, ValueError):
+            content = load_json(text_data if text_data is not None else bytes_data)
+        except exceptions.ValidationError:
             return await self._error(None, "Frames are JSON objects.", "validation")
         await self.receive_json(content)
 
@@ -118,6 +120,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self.send_json({"type": "chat.end", "id": request_id, "finish_reason": "cancelled", "usage": None})
+        except Exception:  # a bug of ours: the client still hears that this request is over
+            logger.exception("chat stream %s failed", request_id)
+            with contextlib.suppress(Exception):
+                await self._error(request_id, "The portal failed to relay this request.", "server_error")
         finally:
             self.streams.pop(request_id, None)
 

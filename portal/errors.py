@@ -8,6 +8,7 @@ error_type); the handler turns every one of them into that shape. Plain Django
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from django.views.defaults import bad_request, page_not_found, permission_denied, server_error
 from rest_framework import exceptions, status
@@ -77,6 +78,8 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, DjangoValidationError):  # a model's full_clean() in a service
+        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
     if not isinstance(exc, exceptions.APIException):
         return None  # unexpected: Django logs it and handler500 answers in JSON
     payload, headers = describe_api_exception(exc)

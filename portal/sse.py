@@ -15,7 +15,7 @@ from rest_framework import exceptions
 from accounts.authentication import bearer_key_from_header
 from portal.errors import api_exception_response, error_response
 from tokens import relay
-from tokens.chat import caller_from_key, chat_context, ensure_may_chat, parse_chat_request
+from tokens.chat import caller_from_key, chat_context, ensure_may_chat, load_json, parse_chat_request
 from tokens.limits import Overloaded, stream_permit
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -42,11 +42,7 @@ async def chat_completions(request):
         return refused
     try:
         raw_key = _raw_key(request)
-        try:
-            data = json.loads(request.body)
-        except ValueError:
-            raise exceptions.ValidationError("The body is not valid JSON.") from None
-        body, pool_name = parse_chat_request(data)
+        body, pool_name = parse_chat_request(load_json(request.body))
         caller, pool = await chat_context(raw_key, pool_name or request.headers.get("X-Portal-Pool", ""))
         permit = contextlib.AsyncExitStack()
         await permit.enter_async_context(

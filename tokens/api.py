@@ -7,6 +7,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from accounts.authentication import ApiKeyAuthentication
 from accounts.permissions import require
 from accounts.roles import Perm
 from portal.api import TenantAPIView
@@ -37,6 +38,8 @@ from tokens.serializers import (
 
 
 class ProvisionApi(TenantAPIView):
+    # Keys only: a session cookie would let any page the user visits open leases (a GET needs no CSRF token).
+    authentication_classes = [ApiKeyAuthentication]
     permission_classes = [require(Perm.LEASE_TOKENS)]
 
     @extend_schema(
@@ -62,6 +65,7 @@ class ProvisionApi(TenantAPIView):
 
 
 class ReportApi(TenantAPIView):
+    authentication_classes = [ApiKeyAuthentication]
     permission_classes = [require(Perm.LEASE_TOKENS)]
 
     @extend_schema(

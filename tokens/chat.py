@@ -1,5 +1,6 @@
 """What both chat front doors share: who is asking, and whether their chat request is well formed."""
 
+import json
 from dataclasses import dataclass
 
 from rest_framework import exceptions, serializers
@@ -41,6 +42,18 @@ class ChatRequestInput(serializers.Serializer):
     top_p = serializers.FloatField(min_value=0, max_value=1, required=False)
     stream = serializers.BooleanField(required=False, default=True)
     pool = serializers.SlugField(max_length=64, required=False, default="")
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json(text) -> object:
+    """Strict JSON: Python's parser takes NaN and Infinity, which no upstream would."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (TypeError, ValueError):
+        raise exceptions.ValidationError("The body is not valid JSON.") from None
 
 
 def parse_chat_request(data) -> tuple[dict, str]:

@@ -29,8 +29,8 @@ def whoami(secret: str, *, timeout: float = 10.0) -> WhoAmI:
             headers={"Authorization": f"Bearer {secret}"},
             timeout=timeout,
         )
-    except httpx.HTTPError as exc:
-        raise UpstreamUnavailable(f"Hugging Face could not be reached ({type(exc).__name__}).") from None
+    except (httpx.HTTPError, UnicodeError) as exc:
+        raise UpstreamUnavailable(f"Hugging Face could not be asked ({type(exc).__name__}).") from None
     if response.status_code == 401:
         return WhoAmI(valid=False)
     if response.status_code != 200:

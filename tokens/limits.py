@@ -86,6 +86,8 @@ class _SharedCounts:
                     for key, members in self._held.items():
                         for member in members:
                             pipe.zadd(key, {member: now}, xx=True)
+                        if members:
+                            pipe.expire(key, STALE_AFTER * 4)
                     await pipe.execute()
             except Exception:  # a missed beat only makes counts expire early; the next one retries
                 logger.warning("stream count heartbeat to Redis failed", exc_info=True)

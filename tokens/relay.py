@@ -10,6 +10,7 @@ the lease is recorded as cancelled. Chunks are passed on as the bytes upstream s
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,9 +19,12 @@ import httpx
 from django.conf import settings
 
 from portal.db import on_db_threads
+from portal.redact import redact_secrets
 from tokens import services
 from tokens.models import TokenPool
 from tokens.policy import ErrorType
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,9 @@ async def stream_chat(*, organization, user, api_key, pool: TokenPool, request: 
                 if not streaming:
                     body = await response.aread()
                     completion = json.loads(body)
-                    choice = (completion.get("choices") or [{}])[0]
+                    if not isinstance(completion, dict):
+                        raise ValueError("completion is not an object")
+                    choice = (completion.get("choices") or [{}])[0] or {}
                     finish_reason, usage = choice.get("finish_reason"), completion.get("usage")
                     yield Started(grant.token.pk, grant.token.label)
                     started = True
@@ -167,9 +173,11 @@ async def stream_chat(*, organization, user, api_key, pool: TokenPool, request: 
                         if payload == b"[DONE]":
                             break
                         chunk = json.loads(payload)
+                        if not isinstance(chunk, dict):
+                            raise ValueError("chunk is not an object")
                         if chunk.get("error"):
                             raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
-                        choice = (chunk.get("choices") or [{}])[0]
+                        choice = (chunk.get("choices") or [{}])[0] or {}
                         finish_reason = choice.get("finish_reason") or finish_reason
                         usage = chunk.get("usage") or usage
                         if not started:
@@ -186,15 +194,20 @@ async def stream_chat(*, organization, user, api_key, pool: TokenPool, request: 
             raise
         except httpx.TimeoutException as exc:
             failure = _UpstreamFailure(ErrorType.TIMEOUT, f"upstream timed out ({type(exc).__name__})", 504)
-        except (httpx.TransportError, ValueError) as exc:
+        except httpx.TransportError as exc:
             failure = _UpstreamFailure(ErrorType.CONNECTION_ERROR, f"upstream connection failed ({type(exc).__name__})")
+        except ValueError:  # JSON that is not JSON, or not the shape of a chat completion
+            failure = _UpstreamFailure(ErrorType.UNKNOWN, "upstream answered something that is not a chat completion")
         except _UpstreamFailure as exc:
             failure = exc
+        except Exception as exc:  # a bug of ours: never the token's fault, and never an open lease
+            logger.exception("chat relay failed")
+            failure = _UpstreamFailure("server_error", f"the relay failed ({type(exc).__name__})", 500, blame_token=False)
         else:
             await _report(**report, success=True)
             return
         await _report(**report, success=False, error=failure.message, error_type=failure.error_type, blame_token=failure.blame_token)
-        last_failure = Failed(failure.message, failure.error_type, failure.status)
+        last_failure = Failed(redact_secrets(failure.message, grant.secret), failure.error_type, failure.status)
         if started or not failure.blame_token:
             # Mid-stream, or the request itself was refused: another token would not help.
             yield last_failure
@@ -276,7 +289,7 @@ async def proxy_stream(
             await _report(**report, success=True)
             return
         await _report(**report, success=False, error=failure.message, error_type=failure.error_type)
-        last_failure = Failed(failure.message, failure.error_type, failure.status)
+        last_failure = Failed(redact_secrets(failure.message, grant.secret), failure.error_type, failure.status)
         if started:
             return  # the answer was under way: nothing more can be said to the client
     yield last_failure

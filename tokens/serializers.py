@@ -1,3 +1,6 @@
+import re
+from datetime import datetime, timezone
+
 from rest_framework import serializers
 
 from portal.serializers import InputSerializer, StrictSerializer
@@ -6,6 +9,9 @@ from tokens.policy import ErrorType, Status
 from tokens.selectors import USAGE_GROUPS
 
 # --- Client contract (hf_token_utils) -----------------------------------------------------------
+
+
+TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{8,512}")  # what an HTTP Authorization header can carry
 
 
 class ProvisionInput(InputSerializer):
@@ -106,8 +112,8 @@ class TokenDetailOutput(TokenOutput):
 
 class TokenCreateInput(StrictSerializer):
     token = serializers.RegexField(
-        r"^\S{8,512}$", help_text="The Hugging Face token (hf_…).",
-        error_messages={"invalid": "A token is 8 to 512 characters without spaces."},
+        r"^[\x21-\x7e]{8,512}$", help_text="The Hugging Face token (hf_…).",
+        error_messages={"invalid": "A token is 8 to 512 printable ASCII characters without spaces."},
     )
     label = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     pool = serializers.SlugField(max_length=64, required=False, default="")
@@ -135,7 +141,7 @@ class TokenImportInput(StrictSerializer):
             raise serializers.ValidationError("Send `tokens` (a list) or `text` (one token a line).")
         lines = [*attrs.pop("tokens", []), *attrs.pop("text", "").splitlines()]
         attrs["secrets"] = [line.strip() for line in lines if line.strip()]
-        bad = [i + 1 for i, secret in enumerate(attrs["secrets"]) if len(secret) < 8 or any(c.isspace() for c in secret)]
+        bad = [i + 1 for i, secret in enumerate(attrs["secrets"]) if not TOKEN_PATTERN.fullmatch(secret)]
         if bad:
             raise serializers.ValidationError(f"Entries {bad[:10]} are not tokens (8+ characters, no spaces).")
         return attrs
@@ -164,12 +170,19 @@ class TokenCreateQuery(InputSerializer):
 # --- Usage ---------------------------------------------------------------------------------------
 
 
+USAGE_EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+USAGE_LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+
+
 class UsageInput(InputSerializer):
     since = serializers.DateTimeField(required=False)
     until = serializers.DateTimeField(required=False)
     group_by = serializers.ChoiceField(choices=USAGE_GROUPS, default="day")
 
     def validate(self, attrs):
+        for name in ("since", "until"):
+            if name in attrs and not USAGE_EARLIEST <= attrs[name] <= USAGE_LATEST:
+                raise serializers.ValidationError({name: ["Give a time between the years 2000 and 9000."]})
         if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
             raise serializers.ValidationError({"until": ["`until` must come after `since`."]})
         return attrs

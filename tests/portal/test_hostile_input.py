@@ -1,0 +1,52 @@
+"""Input that once slipped past the checks: each must be a clear 4xx, never a 500 and never a lease."""
+
+import pytest
+from django.test import Client
+
+from accounts.roles import Role
+from tokens.models import Lease
+
+
+@pytest.fixture
+def member(organization, make_member):
+    return make_member(organization, Role.ADMIN)
+
+
+def test_nan_in_a_chat_body_is_refused_before_any_token_is_leased(organization, member, make_token):
+    _, key = member
+    make_token(organization)
+    body = '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
+
+    response = Client().post("/v1/chat/completions", body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    assert response.status_code == 400 and response.json()["error_type"] == "validation"
+    assert not Lease.objects.exists()
+
+
+def test_a_session_cookie_cannot_lease(organization, member, make_token):
+    membership, _ = member
+    make_token(organization)
+    browser = Client()
+    browser.force_login(membership.user)
+
+    response = browser.get("/keys/provision/hf")
+
+    assert response.status_code == 401
+    assert not Lease.objects.exists()
+
+
+@pytest.mark.parametrize("until", ["9999-12-31T23:30:00Z", "0001-01-02T00:00:00Z"])
+def test_usage_windows_at_the_ends_of_time_are_refused(member, client_for, until):
+    _, key = member
+
+    response = client_for(key).get("/admin/usage", {"until": until})
+
+    assert response.status_code == 400 and response.json()["error_type"] == "validation"
+
+
+def test_a_token_that_no_http_header_can_carry_is_refused(member, client_for):
+    _, key = member
+
+    response = client_for(key).post("/admin/tokens", {"token": "hf_ünïcödé_token_value"}, format="json")
+
+    assert response.status_code == 400 and response.json()["error_type"] == "validation"
