@@ -26,7 +26,7 @@ class MembershipAdmin(admin.ModelAdmin):
 class ApiKeyAdmin(admin.ModelAdmin):
     # The digest is of no use to a person and is left out on purpose.
     list_display = ("prefix", "name", "membership", "created_at", "expires_at", "revoked_at", "last_used_at")
-    fields = ("membership", "name", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at")
+    fields = ("membership", "name", "prefix", "pool", "created_at", "expires_at", "revoked_at", "last_used_at")
     readonly_fields = ("prefix", "created_at", "last_used_at")
 
 

@@ -24,6 +24,7 @@ from accounts.serializers import (
 )
 from portal.api import TenantAPIView
 from portal.pagination import paginated
+from tokens.selectors import pool_by_name
 
 
 class MeApi(TenantAPIView):
@@ -139,6 +140,12 @@ class UserApiKeyListCreateApi(TenantAPIView):
             raise exceptions.NotFound()
         return selectors.membership_get(self.organization, user_id)
 
+    def _pool_named(self, name: str):
+        pool = pool_by_name(self.organization, name)
+        if pool is None:
+            raise exceptions.ValidationError({"pool": [f"No pool named '{name}'."]})
+        return pool
+
     @extend_schema(responses=paginated(ApiKeyOutput), summary="A user's API keys (never the keys themselves)", operation_id="user_api_keys_list")
     def get(self, request, user_id: int):
         membership = self._owner_membership(user_id)
@@ -148,6 +155,7 @@ class UserApiKeyListCreateApi(TenantAPIView):
     def post(self, request, user_id: int):
         membership = self._owner_membership(user_id)
         data = ApiKeyCreateInput.validated(request.data)
+        data["pool"] = self._pool_named(data["pool"]) if data["pool"] else None
         api_key, raw_key = services.api_key_create(membership=membership, **data, **self.audit)
         return Response(ApiKeyOutput(api_key).data | {"api_key": raw_key}, status=status.HTTP_201_CREATED)
 

@@ -35,7 +35,7 @@ def membership_for_user(user: User, organization_id=None) -> Membership | None:
 
 
 def api_key_list(organization: Organization, *, user: User | None = None) -> QuerySet[ApiKey]:
-    keys = ApiKey.objects.filter(membership__organization=organization).select_related("membership__user")
+    keys = ApiKey.objects.filter(membership__organization=organization).select_related("membership__user", "pool")
     if user is not None:
         keys = keys.filter(membership__user=user)
     return keys

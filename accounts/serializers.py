@@ -63,11 +63,15 @@ class UserUpdateInput(StrictSerializer):
 
 class ApiKeyOutput(serializers.ModelSerializer):
     user = serializers.CharField(source="membership.user.username")
+    pool = serializers.CharField(source="pool.name", allow_null=True, default=None, help_text="The pool it is pinned to.")
     is_active = serializers.SerializerMethodField()
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "user", "created_at", "expires_at", "revoked_at", "last_used_at", "is_active"]
+        fields = [
+            "id", "name", "prefix", "user", "pool", "created_at", "expires_at", "revoked_at", "last_used_at",
+            "is_active",
+        ]
 
     def get_is_active(self, api_key: ApiKey) -> bool:
         return api_key.revoked_at is None and not api_key.is_expired()
@@ -83,6 +87,9 @@ class ApiKeyCreatedOutput(ApiKeyOutput):
 class ApiKeyCreateInput(StrictSerializer):
     name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    pool = serializers.SlugField(
+        max_length=64, required=False, default="", help_text="Pin the key to this pool: it then leases only from it."
+    )
 
 
 class AuditEventOutput(serializers.ModelSerializer):

@@ -146,6 +146,7 @@ def api_key_create(
     membership: Membership,
     name: str = "",
     expires_at: datetime | None = None,
+    pool=None,
     raw_key: str | None = None,
     actor: User | None,
     ip: str | None = None,
@@ -162,10 +163,11 @@ def api_key_create(
         prefix=display_prefix(raw_key),
         digest=digest_api_key(raw_key),
         expires_at=expires_at,
+        pool=pool,
     )
     audit_record(
         organization=membership.organization, actor=actor, action="api_key.created", target=api_key, ip=ip,
-        data={"owner": membership.user.username},
+        data={"owner": membership.user.username, **({"pool": pool.name} if pool else {})},
     )
     return api_key, raw_key
 

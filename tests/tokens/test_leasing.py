@@ -780,3 +780,20 @@ def test_a_late_error_report_on_an_expired_lease_still_quarantines_the_token(org
     assert result.token.status == "quarantined"
     grant.lease.refresh_from_db()
     assert grant.lease.outcome == "error"  # reported late, but reported
+
+
+def test_a_key_created_pinned_to_a_pool_leases_only_from_it(organization, admin_client, make_token):
+    services.pool_create(organization=organization, name="batch", actor=None)
+    make_token(organization)  # in default
+    batch_token = make_token(organization, pool="batch")
+    me = admin_client.get("/me").json()
+
+    created = admin_client.post(f"/admin/users/{me['id']}/api-keys", {"name": "batch job", "pool": "batch"}, format="json")
+    assert created.status_code == 201 and created.json()["pool"] == "batch"
+    pinned = admin_client.__class__()
+    pinned.credentials(HTTP_AUTHORIZATION=f"Bearer {created.json()['api_key']}")
+
+    assert provision(pinned)["token_id"] == str(batch_token.pk)
+    assert pinned.get(PROVISION, {"pool": "default"}).status_code == 403
+    unknown = admin_client.post(f"/admin/users/{me['id']}/api-keys", {"pool": "nope"}, format="json")
+    assert unknown.status_code == 400 and "pool" in unknown.json()["fields"]
