@@ -365,6 +365,9 @@ def leases_expire_overdue(*, now: datetime, force: bool = False) -> int:
     expired = 0
     for lease in selectors.overdue_leases(now):
         with transaction.atomic():
+            # Token row first, then the lease: the order report_outcome takes them in, so the two never deadlock.
+            if lease.token_id is not None:
+                list(HFToken.objects.select_for_update(of=("self",)).filter(pk=lease.token_id).values_list("pk"))
             closed = Lease.objects.filter(pk=lease.pk, reported_at__isnull=True).update(
                 reported_at=now, outcome=Outcome.EXPIRED
             )
