@@ -153,6 +153,7 @@ def live_portal(standin_url, tmp_path_factory):
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "HF_API_BASE": standin_url,
         "HF_INFERENCE_BASE_URL": f"{standin_url}/v1",
+        "PORTAL_PROXY_BASE_URL": standin_url,
         "PORTAL_UPSTREAM_READ_TIMEOUT": "0.5",
         "PORTAL_MAX_CONCURRENT_REQUESTS": str(LIVE_MAX_CONCURRENT),
     }

@@ -9,6 +9,7 @@ the lease is recorded as cancelled. Chunks are passed on as the bytes upstream s
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -132,10 +133,59 @@ _report = on_db_threads(services.report_outcome)
 _lease = on_db_threads(services.lease_token)
 
 
-async def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) -> AsyncIterator[RelayEvent]:
+def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) -> AsyncIterator[RelayEvent]:
     """Relay one chat request; see the module docstring. `request` is the OpenAI-style body."""
     url = f"{settings.HF_INFERENCE_BASE_URL}/chat/completions"
-    streaming = bool(request.get("stream", True))
+
+    async def attempt(grant: services.LeaseGrant) -> AsyncIterator[RelayEvent]:
+        async with upstream_client().stream(
+            "POST", url, json=request, headers={"Authorization": f"Bearer {grant.secret}"}
+        ) as response:
+            if response.status_code != 200:
+                status = response.status_code
+                message = _upstream_message(await response.aread(), status)
+                error_type = error_type_for_status(status)
+                if error_type is None:
+                    raise _UpstreamFailure("validation", message, status, blame_token=False)
+                raise _UpstreamFailure(error_type, message)
+            if not request.get("stream", True):
+                body = await response.aread()
+                completion = _json_object(body)
+                choice = (completion.get("choices") or [{}])[0] or {}
+                yield Started(grant.token.pk, grant.token.label)
+                content = (choice.get("message") or {}).get("content") or ""
+                yield Completed(body, content, choice.get("finish_reason"), completion.get("usage"))
+                return
+            started = False
+            async for payload in _sse_payloads(response):
+                if payload == b"[DONE]":
+                    return
+                chunk = _json_object(payload)
+                if chunk.get("error"):
+                    raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
+                if not started:
+                    yield Started(grant.token.pk, grant.token.label)
+                    started = True
+                choice = (chunk.get("choices") or [{}])[0] or {}
+                content = (choice.get("delta") or {}).get("content") or ""
+                yield Chunk(payload, content, choice.get("finish_reason"), chunk.get("usage"))
+            # The body ended without [DONE]: upstream went away mid-answer.
+            raise _UpstreamFailure(ErrorType.CONNECTION_ERROR, "upstream closed the stream before [DONE]")
+
+    return _with_rotation(organization=organization, user=user, api_key=api_key, pool=pool, attempt=attempt)
+
+
+def _json_object(data: bytes) -> dict:
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+async def _with_rotation(*, organization, user, api_key, pool: TokenPool, attempt) -> AsyncIterator:
+    """Lease a token and pass on what `attempt(grant)` yields, then report how it went. A token that fails
+    before anything was passed on is reported with its error type and the next one is tried; a failure
+    after that, or one that is the request's own, ends the relay with a Failed event."""
     last_failure: Failed | None = None
     for _ in range(max(1, settings.PORTAL_UPSTREAM_ATTEMPTS)):
         try:
@@ -145,64 +195,18 @@ async def stream_chat(*, organization, user, api_key, pool: TokenPool, request: 
             return
         report = {"organization": organization, "token_id": grant.token.pk, "lease_id": grant.lease.pk, "user": user}
         started = False
-        finish_reason, usage = None, None
         try:
-            async with upstream_client().stream(
-                "POST", url, json=request, headers={"Authorization": f"Bearer {grant.secret}"}
-            ) as response:
-                if response.status_code != 200:
-                    status = response.status_code
-                    message = _upstream_message(await response.aread(), status)
-                    error_type = error_type_for_status(status)
-                    if error_type is None:
-                        raise _UpstreamFailure("validation", message, status, blame_token=False)
-                    raise _UpstreamFailure(error_type, message)
-                if not streaming:
-                    body = await response.aread()
-                    completion = json.loads(body)
-                    if not isinstance(completion, dict):
-                        raise ValueError("completion is not an object")
-                    choice = (completion.get("choices") or [{}])[0] or {}
-                    finish_reason, usage = choice.get("finish_reason"), completion.get("usage")
-                    yield Started(grant.token.pk, grant.token.label)
+            # aclosing: when our consumer stops, the attempt (and its upstream stream) closes at once.
+            async with contextlib.aclosing(attempt(grant)) as events:
+                async for event in events:
                     started = True
-                    content = (choice.get("message") or {}).get("content") or ""
-                    yield Completed(body, content, finish_reason, usage)
-                else:
-                    async for payload in _sse_payloads(response):
-                        if payload == b"[DONE]":
-                            break
-                        chunk = json.loads(payload)
-                        if not isinstance(chunk, dict):
-                            raise ValueError("chunk is not an object")
-                        if chunk.get("error"):
-                            raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
-                        choice = (chunk.get("choices") or [{}])[0] or {}
-                        finish_reason = choice.get("finish_reason") or finish_reason
-                        usage = chunk.get("usage") or usage
-                        if not started:
-                            yield Started(grant.token.pk, grant.token.label)
-                            started = True
-                        content = (choice.get("delta") or {}).get("content") or ""
-                        yield Chunk(payload, content, choice.get("finish_reason"), chunk.get("usage"))
-                    else:
-                        # The body ended without [DONE]: upstream went away mid-answer.
-                        raise _UpstreamFailure(ErrorType.CONNECTION_ERROR, "upstream closed the stream before [DONE]")
+                    yield event
         except (GeneratorExit, asyncio.CancelledError):
             # The client went away or cancelled: not the token's fault. Shielded: the caller is cancelling us.
             await asyncio.shield(_report(**report, success=False, cancelled=True))
             raise
-        except httpx.TimeoutException as exc:
-            failure = _UpstreamFailure(ErrorType.TIMEOUT, f"upstream timed out ({type(exc).__name__})", 504)
-        except httpx.TransportError as exc:
-            failure = _UpstreamFailure(ErrorType.CONNECTION_ERROR, f"upstream connection failed ({type(exc).__name__})")
-        except ValueError:  # JSON that is not JSON, or not the shape of a chat completion
-            failure = _UpstreamFailure(ErrorType.UNKNOWN, "upstream answered something that is not a chat completion")
-        except _UpstreamFailure as exc:
-            failure = exc
-        except Exception as exc:  # a bug of ours: never the token's fault, and never an open lease
-            logger.exception("chat relay failed")
-            failure = _UpstreamFailure("server_error", f"the relay failed ({type(exc).__name__})", 500, blame_token=False)
+        except Exception as exc:
+            failure = _failure_from(exc)
         else:
             await _report(**report, success=True)
             return
@@ -213,6 +217,22 @@ async def stream_chat(*, organization, user, api_key, pool: TokenPool, request: 
             yield last_failure
             return
     yield last_failure
+
+
+def _failure_from(exc: Exception) -> _UpstreamFailure:
+    """What went wrong, and whether it was the token's fault."""
+    if isinstance(exc, _UpstreamFailure):
+        return exc
+    if isinstance(exc, httpx.TimeoutException):
+        return _UpstreamFailure(ErrorType.TIMEOUT, f"upstream timed out ({type(exc).__name__})", 504)
+    if isinstance(exc, httpx.TransportError):
+        return _UpstreamFailure(ErrorType.CONNECTION_ERROR, f"upstream connection failed ({type(exc).__name__})")
+    if isinstance(exc, UnicodeError):  # a request header no HTTP line can carry
+        return _UpstreamFailure("validation", "the request has a header that is not ASCII", 400, blame_token=False)
+    if isinstance(exc, ValueError):  # JSON that is not JSON, or not the shape of a chat completion
+        return _UpstreamFailure(ErrorType.UNKNOWN, "upstream answered something that is not a chat completion")
+    logger.exception("relay failed")  # a bug of ours: never the token's fault, and never an open lease
+    return _UpstreamFailure("server_error", f"the relay failed ({type(exc).__name__})", 500, blame_token=False)
 
 
 _models_cache: tuple[float, list[str]] = (0.0, [])
@@ -245,51 +265,28 @@ _HOP_BY_HOP = {
 }
 
 
-async def proxy_stream(
+def proxy_stream(
     *, organization, user, api_key, pool: TokenPool, method: str, path: str, query: str, headers: dict, body: bytes
 ) -> AsyncIterator[ProxyHead | bytes | Failed]:
     """Relay any request to the Hugging Face router with only the credentials swapped: a ProxyHead, then
     the body as it arrives. Token failures before the answer starts are reported and retried like chat."""
     url = f"{settings.PORTAL_PROXY_BASE_URL}/{path}" + (f"?{query}" if query else "")
     forwarded = {name: value for name, value in headers.items() if name.lower() not in _HOP_BY_HOP}
-    last_failure: Failed | None = None
-    for _ in range(max(1, settings.PORTAL_UPSTREAM_ATTEMPTS)):
-        try:
-            grant = await _lease(organization=organization, pool=pool, user=user, api_key=api_key, client_name="proxy")
-        except services.NoTokenAvailable as exc:
-            yield last_failure or Failed(str(exc.detail), exc.error_type, exc.status_code, retry_after=exc.wait)
-            return
-        report = {"organization": organization, "token_id": grant.token.pk, "lease_id": grant.lease.pk, "user": user}
-        started = False
+
+    async def attempt(grant: services.LeaseGrant) -> AsyncIterator[ProxyHead | bytes]:
         request = upstream_client().build_request(
             method, url, content=body, headers={**forwarded, "Authorization": f"Bearer {grant.secret}"}
         )
+        response = await upstream_client().send(request, stream=True)
         try:
-            response = await upstream_client().send(request, stream=True)
-            try:
-                error_type = error_type_for_status(response.status_code)
-                if error_type is not None:
-                    raise _UpstreamFailure(error_type, _upstream_message(await response.aread(), response.status_code), response.status_code)
-                started = True
-                yield ProxyHead(response.status_code, [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP])
-                async for piece in response.aiter_raw():
-                    yield piece
-            finally:
-                await response.aclose()
-        except (GeneratorExit, asyncio.CancelledError):
-            await asyncio.shield(_report(**report, success=False, cancelled=True))
-            raise
-        except httpx.TimeoutException as exc:
-            failure = _UpstreamFailure(ErrorType.TIMEOUT, f"upstream timed out ({type(exc).__name__})", 504)
-        except httpx.TransportError as exc:
-            failure = _UpstreamFailure(ErrorType.CONNECTION_ERROR, f"upstream connection failed ({type(exc).__name__})")
-        except _UpstreamFailure as exc:
-            failure = exc
-        else:
-            await _report(**report, success=True)
-            return
-        await _report(**report, success=False, error=failure.message, error_type=failure.error_type)
-        last_failure = Failed(redact_secrets(failure.message, grant.secret), failure.error_type, failure.status)
-        if started:
-            return  # the answer was under way: nothing more can be said to the client
-    yield last_failure
+            error_type = error_type_for_status(response.status_code)
+            if error_type is not None:
+                message = _upstream_message(await response.aread(), response.status_code)
+                raise _UpstreamFailure(error_type, message, response.status_code)
+            yield ProxyHead(response.status_code, [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP])
+            async for piece in response.aiter_raw():
+                yield piece
+        finally:
+            await response.aclose()
+
+    return _with_rotation(organization=organization, user=user, api_key=api_key, pool=pool, attempt=attempt)

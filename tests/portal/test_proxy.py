@@ -1,0 +1,46 @@
+"""/proxy/hf/<path>: any Hugging Face call, through a live portal, with a pooled token swapped in."""
+
+import uuid
+
+import httpx
+
+
+def add_token(live_org, marker: str) -> str:
+    secret = f"hf_standin_{marker}_{uuid.uuid4().hex}"
+    response = live_org.admin.post("/admin/tokens", json={"token": secret, "label": marker})
+    assert response.status_code == 201, response.text
+    return secret
+
+
+def test_a_hub_call_goes_out_with_a_pooled_token_instead_of_the_portal_key(live_org):
+    secret = add_token(live_org, "good")
+
+    response = httpx.get(f"{live_org.url}/proxy/hf/api/whoami-v2", headers={"Authorization": f"Bearer {live_org.user_key}"})
+
+    assert response.status_code == 200
+    assert response.json()["name"] == f"standin-{secret[-4:]}"  # the stand-in saw the HF token, not our key
+    assert secret not in response.text
+
+
+def test_a_streamed_call_is_passed_on_and_a_spent_token_is_skipped(live_org):
+    add_token(live_org, "credits")
+    add_token(live_org, "good")
+    body = {"model": "standin/echo", "messages": [{"role": "user", "content": "via proxy"}], "max_tokens": 3, "stream": True}
+
+    with httpx.stream(
+        "POST", f"{live_org.url}/proxy/hf/v1/chat/completions", json=body,
+        headers={"Authorization": f"Bearer {live_org.user_key}"},
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+
+    assert response.status_code == 200
+    assert lines[-1] == "data: [DONE]"
+    tokens = {t["label"]: t for t in live_org.admin.get("/admin/tokens").json()["results"]}
+    assert tokens["credits"]["status"] == "quarantined"
+    assert tokens["good"]["success_count"] == 1
+
+
+def test_the_proxy_needs_a_portal_key(live_org):
+    response = httpx.get(f"{live_org.url}/proxy/hf/api/whoami-v2")
+
+    assert response.status_code == 401 and response.json()["error_type"] == "authentication"
