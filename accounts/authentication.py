@@ -16,7 +16,8 @@ def authenticate_api_key(raw_key: str) -> ApiKey:
     """The active key for this string, or AuthenticationFailed (401) / PermissionDenied (403)."""
     digest = digest_api_key(raw_key)
     api_key = selectors.api_key_by_digest(digest)
-    # The indexed lookup finds the row; the constant-time compare is the actual check.
+    # The lookup by digest is the check; the constant-time compare is the house rule, kept for the day
+    # the lookup changes (a prefix index, a cache) and the compare becomes the only guard.
     if api_key is None or not hmac.compare_digest(api_key.digest, digest):
         raise exceptions.AuthenticationFailed("Invalid API key.")
     if api_key.revoked_at is not None:

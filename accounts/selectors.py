@@ -62,7 +62,3 @@ def organization_list() -> QuerySet[Organization]:
 
 def organization_by_slug(slug: str) -> Organization | None:
     return unique_or_none(Organization.objects.filter(slug=slug))
-
-
-def admin_exists() -> bool:
-    return User.objects.filter(is_superuser=True).exists()

@@ -44,7 +44,3 @@ def decrypt_secret(ciphertext: str) -> str:
 def secret_fingerprint(organization_id: int, secret: str) -> str:
     """Finds duplicates without decrypting; keyed by organization so equal digests say nothing across tenants."""
     return hashlib.sha256(f"{organization_id}:{secret}".encode()).hexdigest()
-
-
-def reset_cipher_cache() -> None:
-    _cipher.cache_clear()

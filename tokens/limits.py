@@ -146,8 +146,3 @@ async def _release(key: str, member: str, shared: bool) -> None:
         await _shared.release(key, member)
     except Exception:  # the member goes stale and stops counting by itself
         logger.warning("could not release a stream count in Redis; it expires in %s s", STALE_AFTER)
-
-
-def local_counts() -> dict[str, int]:
-    """This worker's counts, for tests and metrics."""
-    return dict(_local)

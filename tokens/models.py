@@ -57,7 +57,8 @@ class HFToken(models.Model):
     label = models.CharField(max_length=100)
     weight = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
     max_concurrent_leases = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
-    # The secret: Fernet ciphertext, a keyed digest to find duplicates, and the last 4 characters to show.
+    # The secret: Fernet ciphertext, a digest of organization id + secret to find duplicates, and the last
+    # 4 characters to show.
     secret_encrypted = models.TextField()
     secret_fingerprint = models.CharField(max_length=64)
     last4 = models.CharField(max_length=4)

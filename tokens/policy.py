@@ -97,10 +97,6 @@ def is_due(state: TokenState, now: datetime) -> bool:
     return state.status in Status.TIMED and (state.available_at is None or state.available_at <= now)
 
 
-def is_eligible(state: TokenState, now: datetime) -> bool:
-    return state.status == Status.ACTIVE or is_due(state, now)
-
-
 def release_if_due(state: TokenState, now: datetime) -> TokenState:
     """A timed-out token is active again; its quarantine stage stays until a success proves it recovered."""
     if is_due(state, now):

@@ -118,13 +118,14 @@ async def _sse_payloads(response: httpx.Response) -> AsyncIterator[bytes]:
     """The `data:` payloads of an SSE stream, each as soon as its event is complete."""
     buffer = b""
     async for piece in response.aiter_raw():
-        buffer += piece
+        # Events may end in CRLF pairs too; normalising the joined buffer also catches a pair split across reads.
+        buffer = (buffer + piece).replace(b"\r\n", b"\n")
         while True:
             end = buffer.find(b"\n\n")
             if end < 0:
                 break
             event, buffer = buffer[:end], buffer[end + 2 :]
-            for line in event.replace(b"\r", b"").split(b"\n"):
+            for line in event.split(b"\n"):
                 if line.startswith(b"data:"):
                     yield line[5:].strip()
 

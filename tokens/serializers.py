@@ -206,9 +206,3 @@ class UsageOutput(serializers.Serializer):
     group_by = serializers.CharField()
     rows = UsageRowOutput(many=True)
     error_types = serializers.ListField(child=serializers.CharField(), default=list(ErrorType.ALL))
-
-
-class LeaseOutput(serializers.ModelSerializer):
-    class Meta:
-        model = Lease
-        fields = ["id", "token_id", "leased_at", "expires_at", "reported_at", "outcome", "error_type", "client_name"]
