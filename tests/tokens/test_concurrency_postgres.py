@@ -129,13 +129,19 @@ def test_token_reported_spent_is_never_leased_after_the_report_commits(setup, ma
     leases: list[tuple[float, int]] = []  # (monotonic time the lease call started, token id)
     refusals: list[services.NoTokenAvailable] = []
     lock = threading.Lock()
+    # The client that will meet the 402 holds a lease on the spent token (only a lease holder may report).
+    others = HFToken.objects.filter(pk__in=[t.pk for t in tokens[1:]])
+    others.update(status=Status.DISABLED)
+    doomed = services.lease_token(organization=organization, pool=pool, user=user, api_key=api_key)
+    others.update(status=Status.ACTIVE)
+    assert doomed.token.pk == spent.pk
 
     def lease_and_report(i):
         for n in range(rounds):
             if i == 0 and n == rounds // 2:
                 services.report_outcome(
                     organization=organization, token_id=spent.pk, success=False, error=CREDITS_402,
-                    user=user, api_key=api_key,
+                    user=user, api_key=api_key, lease_id=doomed.lease.pk,
                 )
                 report_done_at.append(time.monotonic())
             started = time.monotonic()
@@ -170,7 +176,7 @@ def test_token_reported_spent_is_never_leased_after_the_report_commits(setup, ma
     counts = Lease.objects.filter(pool=pool).aggregate(
         open=Count("id", filter=Q(reported_at__isnull=True)), closed=Count("id", filter=Q(reported_at__isnull=False))
     )
-    assert counts == {"open": THREADS, "closed": THREADS * rounds}
+    assert counts == {"open": THREADS, "closed": THREADS * rounds + 1}  # + the doomed lease
 
 
 # --- One lease in flight must not hold up, or refuse, another ------------------------------------------
