@@ -83,8 +83,13 @@ def user_update(
 ) -> Membership:
     user = membership.user
     changed_user_fields = {
-        field: value for field, value in {"email": email, "full_name": full_name}.items() if value is not None
+        field: value
+        for field, value in {"email": email, "full_name": full_name}.items()
+        if value is not None and value != getattr(user, field)
     }
+    if changed_user_fields and not (actor and actor.is_superuser) and _belongs_elsewhere(membership):
+        # Name and email belong to the person, not to one organization: no tenant's admin changes them for all.
+        raise Conflict("This user belongs to other organizations too; only a superuser may change their name or email.")
     for field, value in changed_user_fields.items():
         setattr(user, field, value)
     if changed_user_fields:
@@ -128,6 +133,10 @@ def user_deactivate(*, membership: Membership, actor: User | None, ip: str | Non
         organization=membership.organization, actor=actor, action="user.deactivated", target=membership.user, ip=ip
     )
     return membership
+
+
+def _belongs_elsewhere(membership: Membership) -> bool:
+    return Membership.objects.filter(user_id=membership.user_id).exclude(organization_id=membership.organization_id).exists()
 
 
 def _ensure_another_admin_remains(membership: Membership) -> None:

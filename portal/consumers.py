@@ -54,8 +54,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             raise exceptions.NotAuthenticated()
         # A session cookie rides along with any page's websocket: only our own pages may use it.
-        origin = headers.get(b"origin", b"").decode("latin-1")
-        if not origin or not validate_host(urlparse(origin).hostname or "", settings.ALLOWED_HOSTS):
+        if not _same_origin(headers):
             raise exceptions.PermissionDenied("Cross-origin websocket refused.")
         session = self.scope.get("session") or {}
         membership = await database_sync_to_async(account_selectors.membership_for_user)(
@@ -148,3 +147,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _error(self, request_id, message: str, error_type: str) -> None:
         await self.send_json({"type": "chat.error", "id": request_id, "error": message, "error_type": error_type})
+
+
+def _same_origin(headers: dict) -> bool:
+    """The page opening the socket is ours: its Origin is this very host (scheme and port included) or a
+    trusted origin; without a Host header (in-process clients) its host must be an allowed one."""
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    if not origin:
+        return False
+    if origin in settings.CSRF_TRUSTED_ORIGINS:
+        return True
+    host = headers.get(b"host", b"").decode("latin-1")
+    if host:
+        return validate_host(host.rsplit(":", 1)[0], settings.ALLOWED_HOSTS) and origin in (
+            f"http://{host}", f"https://{host}"
+        )
+    return validate_host(urlparse(origin).hostname or "", settings.ALLOWED_HOSTS)

@@ -403,3 +403,20 @@ def test_duplicate_organization_slug_is_a_conflict(superuser_member, client_for)
     response = client_for(superuser_member[1]).post("/admin/organizations", {"name": "Acme"}, format="json")
     assert_error(response, 409, "conflict")
     assert Organization.objects.filter(slug="acme").count() == 1
+
+
+def test_an_admin_cannot_rename_a_user_who_also_belongs_to_another_organization(organization, make_organization, make_member, client_for):
+    from accounts.models import Membership
+
+    _, admin_key = make_member(organization, Role.ADMIN)
+    shared, _ = make_member(organization, Role.USER, email="shared@example.com")
+    other = make_organization()
+    Membership.objects.create(user=shared.user, organization=other, role=Role.USER)
+
+    response = client_for(admin_key).patch(f"/admin/users/{shared.user.id}", {"email": "mine@example.com"}, format="json")
+
+    assert response.status_code == 409 and response.json()["error_type"] == "conflict"
+    shared.user.refresh_from_db()
+    assert shared.user.email == "shared@example.com"
+    # The role in one's own organization is still the admin's to change.
+    assert client_for(admin_key).patch(f"/admin/users/{shared.user.id}", {"role": "viewer"}, format="json").status_code == 200

@@ -654,3 +654,28 @@ def test_live_portal_refuses_a_handshake_without_credentials(live_org):
         with connect(live_ws_url(live_org), open_timeout=TIMEOUT):
             pass
     assert refused.value.response.status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "origin, accepted",
+    [("http://localhost:8000", True), ("http://localhost:9999", False), ("https://localhost:8000", True), ("null", False)],
+)
+async def test_a_session_socket_must_come_from_this_very_host_and_port(organization, make_member, origin, accepted):
+    from asgiref.sync import sync_to_async
+    from channels.testing import WebsocketCommunicator
+    from django.test import Client
+
+    from portal.asgi import application
+
+    membership, _ = await sync_to_async(make_member)(organization, Role.USER)
+    browser = Client()
+    await sync_to_async(browser.force_login)(membership.user)
+    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+    communicator = WebsocketCommunicator(
+        application, "/ws/chat/", headers=[(b"cookie", cookie), (b"host", b"localhost:8000"), (b"origin", origin.encode())]
+    )
+    connected, _ = await communicator.connect()
+    await communicator.disconnect()
+
+    assert connected is accepted
