@@ -36,6 +36,13 @@ def _method_not_allowed(request, allowed: str) -> HttpResponse | None:
     return response
 
 
+async def _stream_permit_for(caller) -> contextlib.AsyncExitStack:
+    """A permit held until the returned stack is closed (when the stream ends), or 429 overloaded at once."""
+    permit = contextlib.AsyncExitStack()
+    await permit.enter_async_context(stream_permit(organization_id=caller.organization.pk, api_key_id=caller.api_key.pk))
+    return permit
+
+
 @csrf_exempt
 async def chat_completions(request):
     if refused := _method_not_allowed(request, "POST"):
@@ -44,10 +51,7 @@ async def chat_completions(request):
         raw_key = _raw_key(request)
         body, pool_name = parse_chat_request(load_json(request.body))
         caller, pool = await chat_context(raw_key, pool_name or request.headers.get("X-Portal-Pool", ""))
-        permit = contextlib.AsyncExitStack()
-        await permit.enter_async_context(
-            stream_permit(organization_id=caller.organization.pk, api_key_id=caller.api_key.pk)
-        )
+        permit = await _stream_permit_for(caller)
     except exceptions.APIException as exc:
         return api_exception_response(exc)
 
@@ -119,10 +123,7 @@ async def proxy(request, path: str):
     """/proxy/hf/<path>: any Hugging Face call, relayed as it is, with a pooled token as its credentials."""
     try:
         caller, pool = await chat_context(_raw_key(request), request.headers.get("X-Portal-Pool", ""))
-        permit = contextlib.AsyncExitStack()
-        await permit.enter_async_context(
-            stream_permit(organization_id=caller.organization.pk, api_key_id=caller.api_key.pk)
-        )
+        permit = await _stream_permit_for(caller)
     except exceptions.APIException as exc:
         return api_exception_response(exc)
     events = relay.proxy_stream(
