@@ -5,7 +5,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from accounts import selectors, services
-from accounts.permissions import require
+from accounts.permissions import membership_permissions, require
 from accounts.roles import PERMISSION_DESCRIPTIONS, ROLE_PERMISSIONS, SUPERUSER_PERMISSION, Perm, Role
 from accounts.serializers import (
     ApiKeyCreatedOutput,
@@ -31,12 +31,9 @@ class MeApi(TenantAPIView):
     @extend_schema(responses=MeOutput, summary="Who am I: user, organization, role and permissions")
     def get(self, request):
         membership, user = self.membership, request.user
-        permissions = sorted(ROLE_PERMISSIONS[Role.ADMIN if user.is_superuser else membership.role])
-        if user.is_superuser:
-            permissions.append(SUPERUSER_PERMISSION)
         organizations = [
             {"slug": m.organization.slug, "name": m.organization.name, "role": m.role}
-            for m in user.memberships.select_related("organization").filter(is_active=True)
+            for m in selectors.active_memberships_of(user)
         ]
         payload = {
             "id": user.id,
@@ -46,7 +43,7 @@ class MeApi(TenantAPIView):
             "is_superuser": user.is_superuser,
             "organization": OrganizationOutput(membership.organization).data,
             "role": membership.role,
-            "permissions": permissions,
+            "permissions": membership_permissions(membership),
             "organizations": organizations,
         }
         return Response(MeOutput(payload).data)

@@ -5,7 +5,7 @@ from rest_framework.permissions import BasePermission
 
 from accounts import selectors
 from accounts.models import ApiKey, Membership
-from accounts.roles import SUPERUSER_PERMISSION, role_has
+from accounts.roles import ROLE_PERMISSIONS, SUPERUSER_PERMISSION, Role
 
 SESSION_ORGANIZATION_KEY = "organization_id"
 
@@ -24,13 +24,16 @@ def request_membership(request) -> Membership | None:
     return request._portal_membership
 
 
+def membership_permissions(membership: Membership) -> list[str]:
+    """Everything the membership may do. A platform superuser acts as an admin inside any organization
+    it works in, and manages organizations besides."""
+    if membership.user.is_superuser:
+        return [*sorted(ROLE_PERMISSIONS[Role.ADMIN]), SUPERUSER_PERMISSION]
+    return sorted(ROLE_PERMISSIONS[membership.role])
+
+
 def membership_has(membership: Membership | None, perm: str) -> bool:
-    if membership is None:
-        return False
-    if perm == SUPERUSER_PERMISSION:
-        return membership.user.is_superuser
-    # A platform superuser acts as an admin inside any organization it works in.
-    return role_has("admin" if membership.user.is_superuser else membership.role, perm)
+    return membership is not None and perm in membership_permissions(membership)
 
 
 def require(perm: str) -> type[BasePermission]:

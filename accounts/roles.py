@@ -52,7 +52,3 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 
 # Platform superusers manage organizations; inside an organization they act with their role there.
 SUPERUSER_PERMISSION = "organizations.manage"
-
-
-def role_has(role: str, perm: str) -> bool:
-    return perm in ROLE_PERMISSIONS.get(role, frozenset())

@@ -22,11 +22,16 @@ def membership_get(organization: Organization, user_id) -> Membership:
     return get_object_or_404(membership_list(organization), user_id=user_id)
 
 
-def membership_for_user(user: User, organization_id=None) -> Membership | None:
-    """The membership a session acts through: the chosen organization, else the user's first active one."""
-    memberships = Membership.objects.select_related("organization", "user").filter(
+def active_memberships_of(user: User) -> QuerySet[Membership]:
+    """The organizations a user may act in: their active memberships of active organizations."""
+    return Membership.objects.select_related("organization", "user").filter(
         user=user, is_active=True, organization__is_active=True
     )
+
+
+def membership_for_user(user: User, organization_id=None) -> Membership | None:
+    """The membership a session acts through: the chosen organization, else the user's first active one."""
+    memberships = active_memberships_of(user)
     if organization_id is not None:
         chosen = memberships.filter(organization_id=organization_id).first()
         if chosen is not None:

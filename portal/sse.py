@@ -16,7 +16,7 @@ from accounts.authentication import bearer_key_from_header
 from portal.errors import api_exception_response, error_response
 from tokens import relay
 from tokens.chat import caller_from_key, chat_context, ensure_may_chat, load_json, parse_chat_request
-from tokens.limits import Overloaded, stream_permit
+from tokens.limits import stream_permit
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -1,8 +1,5 @@
 """HTTP for leasing, reporting, pools, tokens and usage. Thin: parse, call a service, render."""
 
-from datetime import timedelta
-
-from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -13,6 +10,7 @@ from accounts.roles import Perm
 from portal.api import TenantAPIView
 from portal.pagination import paginated
 from tokens import selectors, services
+from tokens.models import TokenPool
 from tokens.serializers import (
     PoolInput,
     PoolOutput,
@@ -140,7 +138,7 @@ class TokenListCreateApi(TenantAPIView):
         return [require(Perm.VIEW_TOKENS if self.request.method == "GET" else Perm.MANAGE_TOKENS)()]
 
     def pool_named(self, name: str):
-        pool = selectors.pool_by_name(self.organization, name or "default")
+        pool = selectors.pool_by_name(self.organization, name or TokenPool.DEFAULT_NAME)
         if pool is None:
             raise exceptions.ValidationError({"pool": [f"No pool named '{name}'."]})
         return pool
@@ -238,9 +236,5 @@ class UsageApi(TenantAPIView):
     @extend_schema(parameters=[UsageInput], responses=UsageOutput, summary="Leases and outcomes by token, user, pool or day")
     def get(self, request):
         query = UsageInput.validated(request.query_params)
-        until = query.get("until") or timezone.now()
-        since = query.get("since") or until - timedelta(days=30)
         user = None if self.may(Perm.VIEW_ALL_USAGE) else request.user
-        rows = selectors.usage_summary(self.organization, since=since, until=until, group_by=query["group_by"], user=user)
-        since, until = selectors.usage_window(since, until)
-        return Response(UsageOutput({"since": since, "until": until, "group_by": query["group_by"], "rows": rows}).data)
+        return Response(UsageOutput(selectors.usage_report(self.organization, **query, user=user)).data)

@@ -7,6 +7,7 @@ from datetime import date, datetime, timedelta
 from django.db.models import Count, F, IntegerField, Min, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 
 from accounts.models import Organization, User
 from portal.db import unique_or_none
@@ -112,6 +113,22 @@ def usage_window(since: datetime, until: datetime) -> tuple[datetime, datetime]:
     floor = since.replace(minute=0, second=0, microsecond=0)
     ceiling = until.replace(minute=0, second=0, microsecond=0)
     return floor, ceiling if ceiling == until else ceiling + timedelta(hours=1)
+
+
+USAGE_DEFAULT_DAYS = 30
+
+
+def usage_report(
+    organization: Organization, *, since: datetime | None = None, until: datetime | None = None, group_by: str,
+    user: User | None = None,
+) -> dict:
+    """The usage answer: the window actually counted (default: the last 30 days, widened to whole hours)
+    and a row per group."""
+    until = until or timezone.now()
+    since = since or until - timedelta(days=USAGE_DEFAULT_DAYS)
+    rows = usage_summary(organization, since=since, until=until, group_by=group_by, user=user)
+    since, until = usage_window(since, until)
+    return {"since": since, "until": until, "group_by": group_by, "rows": rows}
 
 
 def usage_summary(

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 from rest_framework import serializers
 
 from portal.serializers import InputSerializer, StrictSerializer
-from tokens.models import HFToken, Lease, Strategy, TokenEvent, TokenPool
+from tokens.models import HFToken, Strategy, TokenEvent, TokenPool
 from tokens.policy import ErrorType, Status
 from tokens.selectors import USAGE_GROUPS
 
