@@ -119,13 +119,15 @@ class Processes:
 
     def __init__(self):
         self.running: list[tuple[str, subprocess.Popen]] = []
+        self.stop_signals: dict[int, int] = {}
 
-    def start(self, name: str, args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    def start(self, name: str, args: list[str], env: dict, log: Path, stop_signal=signal.SIGTERM) -> subprocess.Popen:
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.running.append((name, process))
+        self.stop_signals[process.pid] = stop_signal
         return process
 
     def check_alive(self) -> None:
@@ -138,9 +140,9 @@ class Processes:
         for name, process in reversed(self.running):
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
+                    os.killpg(process.pid, self.stop_signals.get(process.pid, signal.SIGTERM))
                 try:
-                    process.wait(timeout=10)
+                    process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(process.pid, signal.SIGKILL)
@@ -199,6 +201,20 @@ def start_portal(procs: Processes, workdir: Path, standin: str) -> tuple[str, Pa
             if response.status_code != 201:
                 raise RuntimeError(f"adding a token: {response.status_code} {response.text[:300]}")
     return url, log
+
+
+def profile_portal(procs: Processes, output: Path) -> None:
+    """py-spy records the portal worker until the bench ends (SIGINT makes it write the file)."""
+    py_spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
+    portal = next(process for name, process in procs.running if name == "portal")
+    procs.start(
+        "py-spy",
+        [py_spy, "record", "--pid", str(portal.pid), "--rate", "250", "--nonblocking", "--format", "speedscope", "-o", str(output.resolve())],
+        clean_env(),
+        output.with_suffix(".log"),
+        stop_signal=signal.SIGINT,
+    )
+    time.sleep(1)
 
 
 def litellm_install(venv: Path) -> Path:
@@ -510,6 +526,7 @@ async def bench(args, procs: "Processes", standin: str, portal: str, litellm: st
     ]
     if litellm:
         targets.append(("litellm", f"{litellm}/v1/chat/completions", {"Authorization": f"Bearer {LITELLM_MASTER_KEY}"}))
+    targets = [target for target in targets if target[0] in args.targets]
     results = {}
     print("\n" + HEADER, flush=True)
     for name, url, headers in targets:
@@ -550,9 +567,16 @@ def main() -> None:
         "--litellm-venv", type=Path, default=Path(tempfile.gettempdir()) / "portal-bench-litellm-venv",
         help="LiteLLM's virtualenv, created on the first run and reused (default /tmp/portal-bench-litellm-venv)",
     )
+    parser.add_argument(
+        "--targets", default="direct,sse,websocket,litellm", help="which targets to run (default: all of them)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="record the portal worker with py-spy into this speedscope file while the bench runs"
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy the servers' logs into this folder before cleaning up")
     args = parser.parse_args()
     args.concurrency = [int(part) for part in args.concurrency.split(",") if part.strip()]
+    args.targets = {part.strip() for part in args.targets.split(",") if part.strip()}
 
     raise_fd_limit()
     started = time.perf_counter()
@@ -565,7 +589,9 @@ def main() -> None:
         portal, portal_log = start_portal(procs, workdir, standin)
         print(f"stand-in at {standin}, portal at {portal} ({TOKENS} tokens)", flush=True)
         litellm = None
-        if not args.skip_litellm:
+        if args.profile:
+            profile_portal(procs, args.profile)
+        if not args.skip_litellm and "litellm" in args.targets:
             try:
                 litellm = start_litellm(procs, workdir, standin, args.litellm_venv)
             except Exception as exc:  # noqa: BLE001 - the bench goes on without it

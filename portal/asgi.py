@@ -9,11 +9,20 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from portal import sse  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
+
+# Served as bare ASGI apps, before Django's request handling (see portal.sse.chat_completions).
+BARE_HTTP_PATHS = {"/v1/chat/completions": sse.chat_completions}
+
+
+async def http_application(scope, receive, send):
+    await BARE_HTTP_PATHS.get(scope["path"], django_asgi_app)(scope, receive, send)
+
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_application,
         "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -179,6 +179,9 @@ SPECTACULAR_SETTINGS = {
 # Touch an API key's last_used_at at most this often: a write per request would
 # serialise every lease on SQLite.
 PORTAL_KEY_TOUCH_INTERVAL = int(os.environ.get("PORTAL_KEY_TOUCH_INTERVAL", "60"))
+# How long a worker may trust what it learnt about an API key (its user, role, pool) without asking the
+# database again. Changes made on the same worker apply at once; 0 asks every time.
+PORTAL_AUTH_CACHE_SECONDS = float(os.environ.get("PORTAL_AUTH_CACHE_SECONDS", "5"))
 
 LOGGING = {
     "version": 1,

@@ -13,7 +13,8 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
 from accounts.authentication import bearer_key_from_header
-from portal.errors import api_exception_response, error_response
+from portal.bare_asgi import AsgiExchange, ClientGone
+from portal.errors import api_exception_response, describe_api_exception, error_payload, error_response
 from tokens import relay
 from tokens.chat import caller_from_key, chat_context, ensure_may_chat, load_json, parse_chat_request
 from tokens.limits import stream_permit
@@ -21,8 +22,8 @@ from tokens.limits import stream_permit
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _raw_key(request) -> str:
-    raw_key = bearer_key_from_header(request.headers.get("Authorization", "").encode("latin-1"))
+def _raw_key(authorization: str) -> str:
+    raw_key = bearer_key_from_header(authorization.encode("latin-1"))
     if raw_key is None:
         raise exceptions.NotAuthenticated("Send your portal API key as `Authorization: Bearer <key>`.")
     return raw_key
@@ -43,74 +44,67 @@ async def _stream_permit_for(caller) -> contextlib.AsyncExitStack:
     return permit
 
 
-@csrf_exempt
-async def chat_completions(request):
-    if refused := _method_not_allowed(request, "POST"):
-        return refused
+async def chat_completions(scope, receive, send):
+    """POST /v1/chat/completions as a bare ASGI app in front of Django (portal.asgi): it is the hot path,
+    and Django's request handling (sync middleware hops, a new thread per request for its signals) cost
+    more than the relay itself. It answers exactly as a view would, errors included."""
+    exchange = AsgiExchange(scope, receive, send)
+    if scope["method"] != "POST":
+        return await exchange.send_json(error_payload("Use POST.", "method_not_allowed"), 405, {"Allow": "POST"})
     try:
-        raw_key = _raw_key(request)
-        body, pool_name = parse_chat_request(load_json(request.body))
-        caller, pool = await chat_context(raw_key, pool_name or request.headers.get("X-Portal-Pool", ""))
+        raw_body = await exchange.read_body(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        raw_key = _raw_key(exchange.header("authorization"))
+        body, pool_name = parse_chat_request(load_json(raw_body))
+        caller, pool = await chat_context(raw_key, pool_name or exchange.header("x-portal-pool"))
         permit = await _stream_permit_for(caller)
     except exceptions.APIException as exc:
-        return api_exception_response(exc)
-
+        payload, headers = describe_api_exception(exc)
+        return await exchange.send_json(payload, exc.status_code, headers)
+    except ClientGone:
+        return
     events = relay.stream_chat(
         organization=caller.organization, user=caller.membership.user, api_key=caller.api_key, pool=pool, request=body
     )
+    # A client that hangs up cancels the relay (and so the upstream stream and the lease) at once.
+    await exchange.until_disconnected(_answer(exchange, events, permit))
+
+
+async def _answer(exchange: "AsgiExchange", events, permit: contextlib.AsyncExitStack) -> None:
     try:
-        started = await anext(events)  # the first event decides the HTTP status
-        if isinstance(started, relay.Failed):
-            await permit.aclose()
-            return _failed_response(started)
-        first = await anext(events)
-    except StopAsyncIteration:  # upstream answered an empty stream
-        await permit.aclose()
-        return HttpResponse(b"data: [DONE]\n\n", content_type="text/event-stream", headers=SSE_HEADERS)
-    except BaseException:
-        await events.aclose()
-        await permit.aclose()
-        raise
-    if isinstance(first, relay.Completed):
-        async for _ in events:  # run the relay to its end, where it reports the success
-            pass
-        await permit.aclose()
-        return HttpResponse(first.body, content_type="application/json")
-    return StreamingHttpResponse(
-        _sse_stream(first, events, permit), content_type="text/event-stream", headers=SSE_HEADERS
-    )
-
-
-def _failed_response(failed: relay.Failed) -> HttpResponse:
-    headers = {"Retry-After": str(failed.retry_after)} if failed.retry_after else None
-    return error_response(failed.message, failed.error_type, failed.status, headers=headers)
-
-
-async def _sse_stream(first, events, permit):
-    """Pass each upstream chunk on as it arrives, as the bytes upstream sent."""
-    try:
+        first = await anext(events, None)  # the first event decides the HTTP status
+        if isinstance(first, relay.Failed):
+            return await exchange.send_json(*_failure(first))
+        if isinstance(first, relay.Started):
+            first = await anext(events, None)
+        if isinstance(first, relay.Completed):
+            async for _ in events:  # run the relay to its end, where it reports the success
+                pass
+            return await exchange.send_bytes(first.body, "application/json")
+        await exchange.start(200, "text/event-stream", SSE_HEADERS)
         event = first
-        while True:
+        while event is not None:
             if isinstance(event, relay.Chunk):
-                yield b"data: " + event.data + b"\n\n"
+                await exchange.body(b"data: " + event.data + b"\n\n")
             elif isinstance(event, relay.Failed):
-                yield b"data: " + json.dumps({"error": event.message, "error_type": event.error_type}).encode() + b"\n\n"
-                return
-            try:
-                event = await anext(events)
-            except StopAsyncIteration:
-                break
-        yield b"data: [DONE]\n\n"
+                failed = json.dumps({"error": event.message, "error_type": event.error_type}).encode()
+                return await exchange.body(b"data: " + failed + b"\n\n", more=False)
+            event = await anext(events, None)
+        await exchange.body(b"data: [DONE]\n\n", more=False)
     finally:
         await events.aclose()
         await permit.aclose()
+
+
+def _failure(failed: relay.Failed) -> tuple[dict, int, dict]:
+    headers = {"Retry-After": str(failed.retry_after)} if failed.retry_after else {}
+    return error_payload(failed.message, failed.error_type), failed.status, headers
 
 
 async def models(request):
     if refused := _method_not_allowed(request, "GET"):
         return refused
     try:
-        caller = await caller_from_key(_raw_key(request))
+        caller = await caller_from_key(_raw_key(request.headers.get("Authorization", "")))
         ensure_may_chat(caller)
     except exceptions.APIException as exc:
         return api_exception_response(exc)
@@ -122,7 +116,9 @@ async def models(request):
 async def proxy(request, path: str):
     """/proxy/hf/<path>: any Hugging Face call, relayed as it is, with a pooled token as its credentials."""
     try:
-        caller, pool = await chat_context(_raw_key(request), request.headers.get("X-Portal-Pool", ""))
+        caller, pool = await chat_context(
+            _raw_key(request.headers.get("Authorization", "")), request.headers.get("X-Portal-Pool", "")
+        )
         permit = await _stream_permit_for(caller)
     except exceptions.APIException as exc:
         return api_exception_response(exc)
@@ -139,7 +135,8 @@ async def proxy(request, path: str):
         raise
     if isinstance(head, relay.Failed):
         await permit.aclose()
-        return _failed_response(head)
+        payload, status, headers = _failure(head)
+        return JsonResponse(payload, status=status, headers=headers)
     response = StreamingHttpResponse(_passthrough(events, permit), status=head.status)
     for name, value in head.headers:
         response[name] = value

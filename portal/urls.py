@@ -7,7 +7,6 @@ from portal import sse
 urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("tokens.urls")),
-    path("v1/chat/completions", sse.chat_completions, name="chat-completions"),
     path("v1/models", sse.models, name="models"),
     path("proxy/hf/<path:path>", sse.proxy, name="proxy"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

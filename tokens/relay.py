@@ -157,10 +157,13 @@ def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) 
                 content = (choice.get("message") or {}).get("content") or ""
                 yield Completed(body, content, choice.get("finish_reason"), completion.get("usage"))
                 return
-            started = False
+            started = done = False
             async for payload in _sse_payloads(response):
-                if payload == b"[DONE]":
-                    return
+                # Read on to the end of the body after [DONE] (it follows at once): a response left
+                # unfinished costs its keep-alive connection, and the next request a new one.
+                if done or payload == b"[DONE]":
+                    done = True
+                    continue
                 chunk = _json_object(payload)
                 if chunk.get("error"):
                     raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
@@ -170,6 +173,8 @@ def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) 
                 choice = (chunk.get("choices") or [{}])[0] or {}
                 content = (choice.get("delta") or {}).get("content") or ""
                 yield Chunk(payload, content, choice.get("finish_reason"), chunk.get("usage"))
+            if done:
+                return
             # The body ended without [DONE]: upstream went away mid-answer.
             raise _UpstreamFailure(ErrorType.CONNECTION_ERROR, "upstream closed the stream before [DONE]")
 

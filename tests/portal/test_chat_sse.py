@@ -538,6 +538,9 @@ def test_bad_requests_get_tgi_shaped_errors(org):
     unknown_pool_header = httpx.post(url, json=good, headers={**org.headers(), "X-Portal-Pool": "no-such-pool"})
     assert_tgi_error(unknown_pool_header, 404, "not_found")
 
+    nan = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
+    assert_tgi_error(httpx.post(url, content=nan, headers=org.headers()), 400, "validation")
+
     assert org.usage_when_settled() == {}, "no bad request leased a token"
 
 
@@ -545,6 +548,25 @@ def test_a_wrong_method_is_a_tgi_shaped_405(org):
     response = httpx.get(f"{org.url}/v1/chat/completions", headers=org.headers())
 
     assert_tgi_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+def test_an_over_large_body_is_refused_with_413_before_anything_is_leased(org):
+    org.add_token()
+    huge = {"model": "standin/echo", "messages": [{"role": "user", "content": "x" * 3_000_000}]}
+
+    declared = org.post(huge)
+    assert_tgi_error(declared, 413, "payload_too_large")
+
+    def chunked():  # no Content-Length: the limit must hold while the body is read
+        yield b'{"model": "standin/echo", "messages": [{"role": "user", "content": "'
+        for _ in range(30):
+            yield b"x" * 100_000
+        yield b'"}]}'
+
+    undeclared = httpx.post(f"{org.url}/v1/chat/completions", content=chunked(), headers=org.headers(), timeout=20)
+    assert_tgi_error(undeclared, 413, "payload_too_large")
+    assert org.usage_when_settled() == {}
 
 
 # --- 11: models ---------------------------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""Just enough HTTP for an endpoint served as a bare ASGI app in front of Django (the chat relay's hot path):
+read the body within a limit, answer JSON or a stream, and stop the work when the client hangs up."""
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from portal.errors import PortalError, error_payload
+
+logger = logging.getLogger(__name__)
+
+# What Django's SecurityMiddleware would have added to the same answer.
+_ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
+
+
+class ClientGone(Exception):
+    """The client disconnected before it finished sending its request."""
+
+
+class PayloadTooLarge(PortalError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class AsgiExchange:
+    def __init__(self, scope, receive, send):
+        self.scope, self.receive, self._send = scope, receive, send
+        self.started = False
+
+    def header(self, name: str) -> str:
+        """A request header by its lower-case name ("" when absent), as Latin-1 like Django reads it."""
+        wanted = name.encode("latin-1")
+        for key, value in self.scope["headers"]:
+            if key == wanted:
+                return value.decode("latin-1")
+        return ""
+
+    async def read_body(self, limit: int | None) -> bytes:
+        declared = self.header("content-length")
+        if limit is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        parts, size = [], 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            part = message.get("body", b"")
+            size += len(part)
+            if limit is not None and size > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+            parts.append(part)
+            if not message.get("more_body"):
+                return b"".join(parts)
+
+    async def start(self, status: int, content_type: str, headers: dict | None = None) -> None:
+        raw = [(b"content-type", content_type.encode()), *_ALWAYS]
+        raw += [(name.lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in (headers or {}).items()]
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": raw})
+
+    async def body(self, data: bytes, more: bool = True) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def send_bytes(self, data: bytes, content_type: str, status: int = 200, headers: dict | None = None) -> None:
+        await self.start(status, content_type, {**(headers or {}), "Content-Length": len(data)})
+        await self.body(data, more=False)
+
+    async def send_json(self, payload: dict, status: int, headers: dict | None = None) -> None:
+        await self.send_bytes(json.dumps(payload).encode(), "application/json", status, headers)
+
+    async def until_disconnected(self, work) -> None:
+        """Run `work` (the whole answer) to its end, or cancel it the moment the client hangs up. A bug in
+        it becomes a JSON 500 when nothing was sent yet, and is logged, never shown."""
+        task = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(self._disconnect())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for running in (task, watcher):
+                running.cancel()
+            results = await asyncio.gather(task, watcher, return_exceptions=True)
+        failure = results[0]
+        if isinstance(failure, Exception):
+            logger.error("%s %s failed", self.scope["method"], self.scope["path"], exc_info=failure)
+            if not self.started:
+                with contextlib.suppress(Exception):
+                    await self.send_json(error_payload("Internal server error.", "server_error"), 500)
+
+    async def _disconnect(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
