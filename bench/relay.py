@@ -130,6 +130,19 @@ class Processes:
         self.stop_signals[process.pid] = stop_signal
         return process
 
+    def cpu_seconds(self, name: str) -> float:
+        """CPU time (user + system) used so far by a server's whole process group."""
+        group = next(process.pid for running, process in self.running if running == name)
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[2]) == group:  # field 5, pgrp, counted after the ")" that ends the command name
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def check_alive(self) -> None:
         """Stop the bench when a server it depends on has gone, instead of timing a dead target."""
         for name, process in self.running:
@@ -316,6 +329,7 @@ class Result:
     ttfc: list[float] = field(default_factory=list)  # seconds, successful requests only
     done: list[float] = field(default_factory=list)
     messages: Counter = field(default_factory=Counter)
+    server_cpu: float = 0.0  # CPU seconds the target's server used during the run
 
     @property
     def rate(self) -> float:
@@ -486,13 +500,21 @@ async def ws_capacity(portal: str, connections: int, max_tokens: int) -> None:
 # --- the report ---------------------------------------------------------------------------------------
 
 
-HEADER = f"{'target':<10}{'conc':>6}{'requests':>10}{'errors':>8}{'req/s':>9}{'TTFC p50 ms':>13}{'TTFC p99 ms':>13}{'done p50 ms':>13}"
+# Whose CPU time a target's row shows: the server that answers it (the stand-in's own work is not counted
+# for the portal or LiteLLM).
+SERVER_OF = {"direct": "stand-in", "sse": "portal", "websocket": "portal", "litellm": "litellm"}
+
+HEADER = (
+    f"{'target':<10}{'conc':>6}{'requests':>10}{'errors':>8}{'req/s':>9}{'TTFC p50 ms':>13}{'TTFC p99 ms':>13}"
+    f"{'done p50 ms':>13}{'CPU ms/req':>12}"
+)
 
 
 def row(result: Result) -> str:
     return (
         f"{result.target:<10}{result.concurrency:>6}{result.requests:>10}{result.errors:>8}{result.rate:>9.1f}"
         f"{percentile(result.ttfc, 50):>13.1f}{percentile(result.ttfc, 99):>13.1f}{percentile(result.done, 50):>13.1f}"
+        f"{1000 * result.server_cpu / max(result.requests, 1):>12.2f}"
     )
 
 
@@ -542,10 +564,12 @@ async def bench(args, procs: "Processes", standin: str, portal: str, litellm: st
             for level in levels:
                 procs.check_alive()
                 requests = args.requests or (200 if level == 1 else 1000)
+                cpu_before = procs.cpu_seconds(SERVER_OF[name])
                 if client:
                     result = await run_http(name, client, url, headers, requests, level, args.max_tokens)
                 else:
                     result = await run_ws(portal, requests, level, args.max_tokens)
+                result.server_cpu = procs.cpu_seconds(SERVER_OF[name]) - cpu_before
                 results[name, level] = result
                 print(row(result), flush=True)
                 for message, count in result.messages.most_common(3):

@@ -1,3 +1,4 @@
+import asyncio
 import os
 
 from django.core.asgi import get_asgi_application
@@ -9,7 +10,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from portal import sse  # noqa: E402
+from portal import live, sse  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
 
 # Served as bare ASGI apps, before Django's request handling (see portal.sse.chat_completions).
@@ -20,9 +21,14 @@ async def http_application(scope, receive, send):
     await BARE_HTTP_PATHS.get(scope["path"], django_asgi_app)(scope, receive, send)
 
 
-application = ProtocolTypeRouter(
+router = ProtocolTypeRouter(
     {
         "http": http_application,
         "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }
 )
+
+
+async def application(scope, receive, send):
+    live.start(asyncio.get_running_loop())  # dashboards' live events leave from this loop (a no-op after the first call)
+    await router(scope, receive, send)

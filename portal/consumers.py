@@ -133,9 +133,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_json(
                     {"type": "chat.start", "id": request_id, "token_id": event.token_id, "token_label": event.token_label}
                 )
-            elif isinstance(event, relay.Chunk):
-                finish_reason = event.finish_reason or finish_reason
-                usage = event.usage or usage
+            elif isinstance(event, relay.Chunks):
+                for chunk in event.items:
+                    finish_reason = chunk.finish_reason or finish_reason
+                    usage = chunk.usage or usage
                 if event.content:
                     await self.send_json({"type": "chat.delta", "id": request_id, "content": event.content})
             elif isinstance(event, relay.Failed):

@@ -83,8 +83,8 @@ async def _answer(exchange: "AsgiExchange", events, permit: contextlib.AsyncExit
         await exchange.start(200, "text/event-stream", SSE_HEADERS)
         event = first
         while event is not None:
-            if isinstance(event, relay.Chunk):
-                await exchange.body(b"data: " + event.data + b"\n\n")
+            if isinstance(event, relay.Chunks):
+                await exchange.body(b"".join(b"data: " + chunk.data + b"\n\n" for chunk in event.items))
             elif isinstance(event, relay.Failed):
                 failed = json.dumps({"error": event.message, "error_type": event.error_type}).encode()
                 return await exchange.body(b"data: " + failed + b"\n\n", more=False)

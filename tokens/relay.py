@@ -43,6 +43,18 @@ class Chunk:
 
 
 @dataclass(frozen=True)
+class Chunks:
+    """The chunks that arrived together in one read from upstream, in order. They are passed on together
+    (one write, one frame): nothing waits for anything that has not arrived yet."""
+
+    items: tuple[Chunk, ...]
+
+    @property
+    def content(self) -> str:
+        return "".join(chunk.content for chunk in self.items)
+
+
+@dataclass(frozen=True)
 class Completed:
     """A non-streaming answer: the whole chat.completion body as upstream sent it."""
 
@@ -61,7 +73,7 @@ class Failed:
     headers: dict = field(default_factory=dict)
 
 
-RelayEvent = Started | Chunk | Completed | Failed
+RelayEvent = Started | Chunks | Completed | Failed
 
 
 class _UpstreamFailure(Exception):
@@ -114,20 +126,21 @@ def _upstream_message(body: bytes, status: int) -> str:
     return f"{status}: {body[:300].decode('utf-8', 'replace')}"
 
 
-async def _sse_payloads(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The `data:` payloads of an SSE stream, each as soon as its event is complete."""
+async def _sse_payloads(response: httpx.Response) -> AsyncIterator[list[bytes]]:
+    """The `data:` payloads of an SSE stream, as soon as their events are complete: those of one read together."""
     buffer = b""
     async for piece in response.aiter_raw():
         # Events may end in CRLF pairs too; normalising the joined buffer also catches a pair split across reads.
         buffer = (buffer + piece).replace(b"\r\n", b"\n")
+        payloads = []
         while True:
             end = buffer.find(b"\n\n")
             if end < 0:
                 break
             event, buffer = buffer[:end], buffer[end + 2 :]
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    yield line[5:].strip()
+            payloads += [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+        if payloads:
+            yield payloads
 
 
 _report = on_db_threads(services.report_outcome)
@@ -158,21 +171,27 @@ def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) 
                 yield Completed(body, content, choice.get("finish_reason"), completion.get("usage"))
                 return
             started = done = False
-            async for payload in _sse_payloads(response):
-                # Read on to the end of the body after [DONE] (it follows at once): a response left
-                # unfinished costs its keep-alive connection, and the next request a new one.
-                if done or payload == b"[DONE]":
-                    done = True
-                    continue
-                chunk = _json_object(payload)
-                if chunk.get("error"):
-                    raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
-                if not started:
-                    yield Started(grant.token.pk, grant.token.label)
-                    started = True
-                choice = (chunk.get("choices") or [{}])[0] or {}
-                content = (choice.get("delta") or {}).get("content") or ""
-                yield Chunk(payload, content, choice.get("finish_reason"), chunk.get("usage"))
+            async for payloads in _sse_payloads(response):
+                batch = []
+                for payload in payloads:
+                    # Read on to the end of the body after [DONE] (it follows at once): a response left
+                    # unfinished costs its keep-alive connection, and the next request a new one.
+                    if done or payload == b"[DONE]":
+                        done = True
+                        continue
+                    chunk = _json_object(payload)
+                    if chunk.get("error"):
+                        if batch:
+                            yield Chunks(tuple(batch))
+                        raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
+                    if not started:
+                        yield Started(grant.token.pk, grant.token.label)
+                        started = True
+                    choice = (chunk.get("choices") or [{}])[0] or {}
+                    content = (choice.get("delta") or {}).get("content") or ""
+                    batch.append(Chunk(payload, content, choice.get("finish_reason"), chunk.get("usage")))
+                if batch:
+                    yield Chunks(tuple(batch))
             if done:
                 return
             # The body ended without [DONE]: upstream went away mid-answer.

@@ -13,6 +13,7 @@ from rest_framework import exceptions
 
 from accounts.audit import audit_record
 from accounts.models import ApiKey, Organization, User
+from portal import live
 from portal.db import unique_or_none
 from portal.errors import Conflict, PortalError
 from portal.redact import redact_secrets
@@ -95,6 +96,19 @@ def _record_status_change(token: HFToken, before: str, reason: str, actor_userna
             organization_id=token.organization_id, token=token, from_status=before, to_status=token.status,
             reason=reason[:300], actor_username=actor_username,
         )
+        event = {
+            "token_id": token.pk, "pool_id": token.pool_id, "label": token.label, "from_status": before,
+            "status": token.status, "available_at": token.available_at.isoformat() if token.available_at else None,
+            "reason": reason[:300],
+        }
+        transaction.on_commit(lambda: live.notify(token.organization_id, "token.status", **event))
+
+
+def _notify_after_commit(lease: Lease, kind: str, **data) -> None:
+    """Tell the organization's dashboards about a lease or report once it is committed (portal.live)."""
+    transaction.on_commit(
+        lambda: live.notify(lease.organization_id, kind, token_id=lease.token_id, pool_id=lease.pool_id, **data)
+    )
 
 
 def token_add(
@@ -305,6 +319,7 @@ def lease_token(
             expires_at=now + timedelta(seconds=pool.lease_ttl_seconds),
         )
         _count_usage(lease, "leases")
+        _notify_after_commit(lease, "lease")
     return LeaseGrant(lease=lease, token=token, secret=decrypt_secret(token.secret_encrypted))
 
 
@@ -377,6 +392,7 @@ def leases_expire_overdue(*, now: datetime, force: bool = False) -> int:
                         active_leases=F("active_leases") - 1
                     )
                 _count_usage(lease, Outcome.EXPIRED)
+                _notify_after_commit(lease, "report", outcome=Outcome.EXPIRED, error_type="")
             expired += closed
     return expired
 
@@ -391,10 +407,15 @@ _COUNT_SQL = (
 
 
 def _count_usage(lease: Lease, *metrics: str, delta: int = 1) -> None:
-    """Add `delta` to each metric of the lease's hour, for its token, user and pool, in one upsert, once the
-    caller's transaction has committed: a pool's counter row is shared by all its leases, and holding its
-    lock until the end of every lease transaction would make them queue behind each other."""
-    transaction.on_commit(lambda: _upsert_usage(lease, metrics, delta), robust=True)
+    """Add `delta` to each metric of the lease's hour, for its token, user and pool, in one upsert.
+    On PostgreSQL once the caller's transaction has committed: a pool's counter row is shared by all its
+    leases, and holding its lock until the end of every lease transaction would make them queue behind
+    each other. SQLite lets one writer in at a time anyway, so there it joins the caller's transaction,
+    which saves a commit per lease and per report."""
+    if connection.vendor == "sqlite":
+        _upsert_usage(lease, metrics, delta)
+    else:
+        transaction.on_commit(lambda: _upsert_usage(lease, metrics, delta), robust=True)
 
 
 def _upsert_usage(lease: Lease, metrics, delta: int) -> None:
@@ -509,6 +530,7 @@ def report_outcome(
         lease.client_name = client_name[:100] or lease.client_name
         lease.save(update_fields=["reported_at", "outcome", "error_type", "error", "client_name"])
         _count_usage(lease, lease.outcome, *([f"error:{error_type}"] if lease.outcome == Outcome.ERROR else []))
+        _notify_after_commit(lease, "report", outcome=lease.outcome, error_type=lease.error_type)
         if was_open:  # an expired lease gave its slot back when it expired
             token.active_leases = max(token.active_leases - 1, 0)
             changed_fields.append("active_leases")
