@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import SyncToAsync
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 
 _threads = 1 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else settings.PORTAL_DB_THREADS
 _executor = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="portal-db")
@@ -36,3 +36,59 @@ def unique_or_none(queryset):
     """The row a lookup by a unique key finds, or None: `.first()` without the ORDER BY it adds, whose
     compilation is a real share of a lease's cost."""
     return next(iter(queryset.order_by()[:1]), None)
+
+
+# --- Statements without the ORM's statement building ----------------------------------------------
+# On the lease and report paths, building each statement with the QuerySet API cost about ten times
+# running it (profiled: ~5 ms of ORM work per lease + report pair against ~0.5 ms inside the database).
+# These run the same SQL the ORM would, with the fields' own conversions in both directions.
+
+
+def quoted(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def raw_first(model, sql: str, params):
+    """The first instance a SELECT * over `model`'s table finds, or None (Model.objects.raw converts the values)."""
+    return next(iter(model.objects.raw(sql, params)), None)
+
+
+def lock_rows_of(model, *, skip_locked: bool = False) -> str:
+    """The FOR UPDATE clause that locks only `model`'s rows, where the database locks rows at all: SQLite's
+    IMMEDIATE transactions already let a single writer in."""
+    if not connection.features.has_select_for_update:
+        return ""
+    return f" FOR UPDATE OF {quoted(model._meta.db_table)}" + (" SKIP LOCKED" if skip_locked else "")
+
+
+def db_value(model, field_name: str, value):
+    """A Python value as the database stores it in this field (datetimes in UTC, and so on)."""
+    return model._meta.get_field(field_name).get_db_prep_save(value, connection)
+
+
+def save_fields(instance, field_names) -> None:
+    """instance.save(update_fields=field_names), minus the statement building (and the save signals)."""
+    meta = instance._meta
+    fields = [meta.get_field(name) for name in field_names]
+    assignments = ", ".join(f"{quoted(field.column)} = %s" for field in fields)
+    params = [field.get_db_prep_save(getattr(instance, field.attname), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quoted(meta.db_table)} SET {assignments} WHERE {quoted(meta.pk.column)} = %s", [*params, instance.pk]
+        )
+
+
+def insert_row(instance) -> None:
+    """instance.save() of a new row, minus the statement building (and the save signals); sets its pk."""
+    meta = instance._meta
+    fields = [field for field in meta.concrete_fields if not field.primary_key]
+    columns = ", ".join(quoted(field.column) for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quoted(meta.db_table)} ({columns}) VALUES ({placeholders}) RETURNING {quoted(meta.pk.column)}",
+            params,
+        )
+        instance.pk = cursor.fetchone()[0]
+    instance._state.adding, instance._state.db = False, connection.alias

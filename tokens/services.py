@@ -14,7 +14,7 @@ from rest_framework import exceptions
 from accounts.audit import audit_record
 from accounts.models import ApiKey, Organization, User
 from portal import live
-from portal.db import unique_or_none
+from portal.db import db_value, insert_row, lock_rows_of, raw_first, save_fields, unique_or_none
 from portal.errors import Conflict, PortalError
 from portal.redact import redact_secrets
 from tokens import hf_api, selectors
@@ -306,9 +306,9 @@ def lease_token(
         token.last_leased_at = now
         token.lease_count += 1
         token.active_leases += 1
-        token.save(update_fields=["status", "available_at", "last_leased_at", "lease_count", "active_leases"])
+        save_fields(token, ["status", "available_at", "last_leased_at", "lease_count", "active_leases"])
         _record_status_change(token, before, "quarantine time over: back in rotation")
-        lease = Lease.objects.create(
+        lease = Lease(
             organization=organization,
             pool=pool,
             token=token,
@@ -318,6 +318,7 @@ def lease_token(
             leased_at=now,
             expires_at=now + timedelta(seconds=pool.lease_ttl_seconds),
         )
+        insert_row(lease)
         _count_usage(lease, "leases")
         _notify_after_commit(lease, "lease")
     return LeaseGrant(lease=lease, token=token, secret=decrypt_secret(token.secret_encrypted))
@@ -331,33 +332,68 @@ def _lock_next_token(pool: TokenPool, now: datetime) -> HFToken | None:
     """Lock the best eligible token without waiting on rows other leases hold (SKIP LOCKED on PostgreSQL;
     SQLite's IMMEDIATE transactions already serialise writers). When every candidate is locked for a
     moment, wait for the best one; if it was taken meanwhile, look again, so a busy pool never answers
-    503 while a token is free. Locks name only the token row (of=self): never the pool."""
-    eligible = selectors.eligible_tokens(pool, now)
+    503 while a token is free. Locks name only the token row: never the pool."""
+    eligible, params = _eligible_tokens_sql(pool, now)
+    order, order_params = _strategy_order_sql(pool.strategy, now)
     if pool.strategy != Strategy.WEIGHTED_RANDOM:
-        ordered = selectors.in_strategy_order(eligible, pool.strategy, now)
-        token = ordered.select_for_update(skip_locked=True, of=("self",)).first()
+        token = raw_first(
+            HFToken,
+            f"SELECT * FROM tokens_hftoken WHERE {eligible} ORDER BY {order} LIMIT 1"
+            + lock_rows_of(HFToken, skip_locked=True),
+            [*params, *order_params],
+        )
         if token is not None:
             return token
+    one = f"SELECT * FROM tokens_hftoken WHERE {eligible} AND id = %s"
     for _ in range(_LOCK_ROUNDS):
-        order = _candidate_order(pool, eligible, now)
-        if not order:
+        candidates = _candidate_order(pool, now)
+        if not candidates:
             return None
-        for token_id in order:
-            token = unique_or_none(eligible.filter(pk=token_id).select_for_update(skip_locked=True, of=("self",)))
+        for token_id in candidates:
+            token = raw_first(HFToken, one + lock_rows_of(HFToken, skip_locked=True), [*params, token_id])
             if token is not None:
                 return token
-        # PostgreSQL re-checks the filter on the row's newest version once the lock is ours.
-        token = unique_or_none(eligible.filter(pk=order[0]).select_for_update(of=("self",)))
+        # PostgreSQL re-checks the WHERE clause on the row's newest version once the lock is ours.
+        token = raw_first(HFToken, one + lock_rows_of(HFToken), [*params, candidates[0]])
         if token is not None:
             return token
     return None
 
 
-def _candidate_order(pool: TokenPool, eligible, now: datetime) -> list[int]:
-    if pool.strategy == Strategy.WEIGHTED_RANDOM:
-        return _weighted_shuffle(list(eligible.values_list("id", "weight")))[:_CANDIDATES_TRIED]
-    ordered = selectors.in_strategy_order(eligible, pool.strategy, now)
-    return list(ordered.values_list("id", flat=True)[:_CANDIDATES_TRIED])
+def _eligible_tokens_sql(pool: TokenPool, now: datetime) -> tuple[str, list]:
+    """Tokens a lease may take now: active, or cooling/quarantined with their time up, and below their lease cap."""
+    return (
+        "pool_id = %s AND (status = %s OR (status IN (%s, %s) AND available_at <= %s))"
+        " AND (max_concurrent_leases IS NULL OR active_leases < max_concurrent_leases)",
+        [pool.pk, Status.ACTIVE, *sorted(Status.TIMED), db_value(HFToken, "available_at", now)],
+    )
+
+
+def _strategy_order_sql(strategy: str, now: datetime) -> tuple[str, list]:
+    """Candidates in the pool's strategy order; least recently leased breaks ties so leases spread."""
+    lru = "last_leased_at ASC NULLS FIRST, id ASC"
+    if strategy == Strategy.FEWEST_RECENT_ERRORS:
+        recent_errors = (
+            "(SELECT COUNT(*) FROM tokens_lease WHERE tokens_lease.token_id = tokens_hftoken.id"
+            " AND tokens_lease.outcome = %s AND tokens_lease.leased_at >= %s)"
+        )
+        since = db_value(Lease, "leased_at", now - selectors.RECENT_ERRORS_WINDOW)
+        return f"{recent_errors} ASC, {lru}", [Outcome.ERROR, since]
+    return lru, []
+
+
+def _candidate_order(pool: TokenPool, now: datetime) -> list[int]:
+    eligible, params = _eligible_tokens_sql(pool, now)
+    with connection.cursor() as cursor:
+        if pool.strategy == Strategy.WEIGHTED_RANDOM:
+            cursor.execute(f"SELECT id, weight FROM tokens_hftoken WHERE {eligible}", params)
+            return _weighted_shuffle(cursor.fetchall())[:_CANDIDATES_TRIED]
+        order, order_params = _strategy_order_sql(pool.strategy, now)
+        cursor.execute(
+            f"SELECT id FROM tokens_hftoken WHERE {eligible} ORDER BY {order} LIMIT {_CANDIDATES_TRIED}",
+            [*params, *order_params],
+        )
+        return [token_id for (token_id,) in cursor.fetchall()]
 
 
 def _weighted_shuffle(candidates: list[tuple[int, int]]) -> list[int]:
@@ -492,10 +528,10 @@ def report_outcome(
     elif blame_token and error_type not in ErrorType.ALL:
         error_type = classify_error(error)
     with transaction.atomic():
-        token = unique_or_none(
-            HFToken.objects.select_for_update(of=("self",))  # lock the token only, never its pool
-            .select_related("pool")
-            .filter(organization=organization, pk=token_id)
+        token = raw_first(  # lock the token only, never its pool
+            HFToken,
+            "SELECT * FROM tokens_hftoken WHERE organization_id = %s AND id = %s" + lock_rows_of(HFToken),
+            [organization.pk, token_id],
         )
         if token is None:
             raise exceptions.NotFound("No such token.")
@@ -508,11 +544,13 @@ def report_outcome(
         if not was_open:
             _count_usage(lease, Outcome.EXPIRED, delta=-1)
         # Clients quote whatever their HTTP library said, which may include the token itself.
-        error = redact_secrets(error or "", decrypt_secret(token.secret_encrypted))[: Lease.ERROR_TEXT_LIMIT]
+        if error:
+            error = redact_secrets(error, decrypt_secret(token.secret_encrypted))[: Lease.ERROR_TEXT_LIMIT]
 
         changed_fields = []
         if blame_token:
             before = token.status
+            token.pool = raw_first(TokenPool, "SELECT * FROM tokens_tokenpool WHERE id = %s", [token.pool_id])
             transition: Transition = next_state(
                 token.policy_state(), success=success, error_type=error_type, now=now, policy=token.pool.quarantine_policy()
             )
@@ -526,16 +564,16 @@ def report_outcome(
                 changed_fields += ["error_count", "last_error", "last_error_type", "last_error_at"]
         lease.reported_at = now
         lease.outcome = Outcome.CANCELLED if cancelled else Outcome.SUCCESS if success else Outcome.ERROR
-        lease.error_type, lease.error = error_type or "", error
+        lease.error_type, lease.error = error_type or "", error or ""
         lease.client_name = client_name[:100] or lease.client_name
-        lease.save(update_fields=["reported_at", "outcome", "error_type", "error", "client_name"])
+        save_fields(lease, ["reported_at", "outcome", "error_type", "error", "client_name"])
         _count_usage(lease, lease.outcome, *([f"error:{error_type}"] if lease.outcome == Outcome.ERROR else []))
         _notify_after_commit(lease, "report", outcome=lease.outcome, error_type=lease.error_type)
         if was_open:  # an expired lease gave its slot back when it expired
             token.active_leases = max(token.active_leases - 1, 0)
             changed_fields.append("active_leases")
         if changed_fields:
-            token.save(update_fields=changed_fields)
+            save_fields(token, changed_fields)
         if blame_token:
             _record_status_change(token, before, transition.reason)
     return ReportResult(token=token, lease=lease)
@@ -549,9 +587,14 @@ def _lease_for_report(organization, token, lease_id, *, api_key, user) -> Lease:
         if lease is None:
             raise exceptions.NotFound("You hold no lease on this token: lease it before reporting on it.")
         return lease
-    leases = Lease.objects.select_for_update(of=("self",)).filter(organization=organization, pk=lease_id)
-    leases = leases.filter(api_key=api_key) if api_key is not None else leases.filter(user=user)
-    lease = unique_or_none(leases)
+    holder, holder_id = ("api_key_id", api_key.pk) if api_key is not None else ("user_id", user.pk if user else None)
+    lease = raw_first(
+        Lease,
+        f"SELECT * FROM tokens_lease WHERE organization_id = %s AND id = %s AND {holder} "
+        + ("= %s" if holder_id is not None else "IS NULL")
+        + lock_rows_of(Lease),
+        [organization.pk, lease_id, *([holder_id] if holder_id is not None else [])],
+    )
     if lease is None:
         raise exceptions.NotFound("No such lease of yours.")
     if lease.token_id != token.pk:
