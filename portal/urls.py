@@ -13,6 +13,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     # /admin/ is the portal's REST API; Django's own admin site lives here.
     path("django-admin/", admin.site.urls),
+    # The dashboard last, so no page of it can shadow an API path.
+    path("", include("dashboard.urls")),
 ]
 
 handler400 = "portal.errors.handler400"
