@@ -21,10 +21,10 @@ class _OnDatabaseThreads(SyncToAsync):
         try:
             return super().thread_handler(loop, *args, **kwargs)
         finally:
-            for connection in connections.all(initialized_only=True):
-                if connection.errors_occurred and not connection.is_usable():
-                    connection.close()
-                connection.errors_occurred = False
+            for open_connection in connections.all(initialized_only=True):
+                if open_connection.errors_occurred and not open_connection.is_usable():
+                    open_connection.close()
+                open_connection.errors_occurred = False
 
 
 def on_db_threads(func):
@@ -48,9 +48,41 @@ def quoted(name: str) -> str:
     return connection.ops.quote_name(name)
 
 
-def raw_first(model, sql: str, params):
-    """The first instance a SELECT * over `model`'s table finds, or None (Model.objects.raw converts the values)."""
-    return next(iter(model.objects.raw(sql, params)), None)
+def first_row(model, where: str, params, *, order_by: str = "", lock: str = ""):
+    """The first `model` instance `SELECT … WHERE {where} ORDER BY {order_by} LIMIT 1 {lock}` finds, or None;
+    its values converted exactly as a QuerySet converts them."""
+    select, converters = _row_reader(model)
+    sql = f"{select} WHERE {where}"
+    sql += (f" ORDER BY {order_by}" if order_by else "") + " LIMIT 1" + lock
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = list(row)
+    for index, field_converters in converters:
+        for convert, expression in field_converters:
+            values[index] = convert(values[index], expression, connection)
+    return model.from_db(connection.alias, None, values)
+
+
+_row_readers: dict = {}
+
+
+def _row_reader(model) -> tuple[str, list]:
+    """SELECT every column of `model`, and per column the converters the ORM would apply (cached per backend)."""
+    key = (model, connection.vendor)
+    if key not in _row_readers:
+        fields = model._meta.concrete_fields
+        converters = []
+        for index, field in enumerate(fields):
+            column = field.get_col(model._meta.db_table)
+            found = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
+            if found:
+                converters.append((index, [(convert, column) for convert in found]))
+        columns = ", ".join(quoted(field.column) for field in fields)
+        _row_readers[key] = (f"SELECT {columns} FROM {quoted(model._meta.db_table)}", converters)
+    return _row_readers[key]
 
 
 def lock_rows_of(model, *, skip_locked: bool = False) -> str:
@@ -66,29 +98,37 @@ def db_value(model, field_name: str, value):
     return model._meta.get_field(field_name).get_db_prep_save(value, connection)
 
 
+_statements: dict = {}  # (kind, model, fields, backend) -> (sql, fields): built once, run many times
+
+
 def save_fields(instance, field_names) -> None:
     """instance.save(update_fields=field_names), minus the statement building (and the save signals)."""
-    meta = instance._meta
-    fields = [meta.get_field(name) for name in field_names]
-    assignments = ", ".join(f"{quoted(field.column)} = %s" for field in fields)
+    key = ("update", type(instance), tuple(field_names), connection.vendor)
+    if key not in _statements:
+        meta = instance._meta
+        fields = [meta.get_field(name) for name in field_names]
+        assignments = ", ".join(f"{quoted(field.column)} = %s" for field in fields)
+        sql = f"UPDATE {quoted(meta.db_table)} SET {assignments} WHERE {quoted(meta.pk.column)} = %s"
+        _statements[key] = (sql, fields)
+    sql, fields = _statements[key]
     params = [field.get_db_prep_save(getattr(instance, field.attname), connection) for field in fields]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {quoted(meta.db_table)} SET {assignments} WHERE {quoted(meta.pk.column)} = %s", [*params, instance.pk]
-        )
+        cursor.execute(sql, [*params, instance.pk])
 
 
 def insert_row(instance) -> None:
     """instance.save() of a new row, minus the statement building (and the save signals); sets its pk."""
-    meta = instance._meta
-    fields = [field for field in meta.concrete_fields if not field.primary_key]
-    columns = ", ".join(quoted(field.column) for field in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
+    key = ("insert", type(instance), (), connection.vendor)
+    if key not in _statements:
+        meta = instance._meta
+        fields = [field for field in meta.concrete_fields if not field.primary_key]
+        columns = ", ".join(quoted(field.column) for field in fields)
+        placeholders = ", ".join(["%s"] * len(fields))
+        sql = f"INSERT INTO {quoted(meta.db_table)} ({columns}) VALUES ({placeholders}) RETURNING {quoted(meta.pk.column)}"
+        _statements[key] = (sql, fields)
+    sql, fields = _statements[key]
     params = [field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {quoted(meta.db_table)} ({columns}) VALUES ({placeholders}) RETURNING {quoted(meta.pk.column)}",
-            params,
-        )
+        cursor.execute(sql, params)
         instance.pk = cursor.fetchone()[0]
     instance._state.adding, instance._state.db = False, connection.alias

@@ -4,17 +4,16 @@ import math
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta
 
-from django.db.models import Count, F, IntegerField, Min, OuterRef, Q, QuerySet, Subquery, Sum, Value
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models import Count, F, Min, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from accounts.models import Organization, User
 from portal.db import unique_or_none
-from tokens.models import HFToken, Lease, Outcome, Strategy, TokenEvent, TokenPool, UsageCounter
+from tokens.models import HFToken, Lease, Outcome, TokenEvent, TokenPool, UsageCounter
 from tokens.policy import ErrorType, Status
 
-RECENT_ERRORS_WINDOW = timedelta(hours=1)
 
 
 def pool_list(organization: Organization) -> QuerySet[TokenPool]:
@@ -44,30 +43,6 @@ def token_get(organization: Organization, token_id) -> HFToken:
 
 def token_events(organization: Organization, token: HFToken, *, limit: int = 50) -> list[TokenEvent]:
     return list(TokenEvent.objects.filter(organization=organization, token=token).order_by("-created_at", "-id")[:limit])
-
-
-def eligible_tokens(pool: TokenPool, now: datetime) -> QuerySet[HFToken]:
-    """Tokens a lease may take now: active, or cooling/quarantined with their time up, and below their lease cap."""
-    return HFToken.objects.filter(pool=pool).filter(
-        Q(status=Status.ACTIVE) | Q(status__in=Status.TIMED, available_at__lte=now),
-        Q(max_concurrent_leases__isnull=True) | Q(active_leases__lt=F("max_concurrent_leases")),
-    )
-
-
-def in_strategy_order(tokens: QuerySet[HFToken], strategy: str, now: datetime) -> QuerySet[HFToken]:
-    """Order candidates by the pool's strategy; least recently leased breaks ties so leases spread."""
-    lru = (F("last_leased_at").asc(nulls_first=True), "id")
-    if strategy == Strategy.FEWEST_RECENT_ERRORS:
-        recent_errors = (
-            Lease.objects.filter(token=OuterRef("pk"), outcome=Outcome.ERROR, leased_at__gte=now - RECENT_ERRORS_WINDOW)
-            .values("token")
-            .annotate(n=Count("id"))
-            .values("n")
-        )
-        return tokens.annotate(
-            recent_errors=Coalesce(Subquery(recent_errors, output_field=IntegerField()), Value(0))
-        ).order_by("recent_errors", *lru)
-    return tokens.order_by(*lru)
 
 
 def seconds_until_token_returns(pool: TokenPool, now: datetime) -> int | None:

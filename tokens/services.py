@@ -14,7 +14,7 @@ from rest_framework import exceptions
 from accounts.audit import audit_record
 from accounts.models import ApiKey, Organization, User
 from portal import live
-from portal.db import db_value, insert_row, lock_rows_of, raw_first, save_fields, unique_or_none
+from portal.db import db_value, first_row, insert_row, lock_rows_of, save_fields
 from portal.errors import Conflict, PortalError
 from portal.redact import redact_secrets
 from tokens import hf_api, selectors
@@ -325,6 +325,7 @@ def lease_token(
 
 
 _CANDIDATES_TRIED = 20
+RECENT_ERRORS_WINDOW = timedelta(hours=1)  # what fewest_recent_errors counts
 _LOCK_ROUNDS = 5
 
 
@@ -336,25 +337,23 @@ def _lock_next_token(pool: TokenPool, now: datetime) -> HFToken | None:
     eligible, params = _eligible_tokens_sql(pool, now)
     order, order_params = _strategy_order_sql(pool.strategy, now)
     if pool.strategy != Strategy.WEIGHTED_RANDOM:
-        token = raw_first(
-            HFToken,
-            f"SELECT * FROM tokens_hftoken WHERE {eligible} ORDER BY {order} LIMIT 1"
-            + lock_rows_of(HFToken, skip_locked=True),
-            [*params, *order_params],
+        token = first_row(
+            HFToken, eligible, [*params, *order_params], order_by=order, lock=lock_rows_of(HFToken, skip_locked=True)
         )
         if token is not None:
             return token
-    one = f"SELECT * FROM tokens_hftoken WHERE {eligible} AND id = %s"
     for _ in range(_LOCK_ROUNDS):
         candidates = _candidate_order(pool, now)
         if not candidates:
             return None
         for token_id in candidates:
-            token = raw_first(HFToken, one + lock_rows_of(HFToken, skip_locked=True), [*params, token_id])
+            token = first_row(
+                HFToken, f"{eligible} AND id = %s", [*params, token_id], lock=lock_rows_of(HFToken, skip_locked=True)
+            )
             if token is not None:
                 return token
         # PostgreSQL re-checks the WHERE clause on the row's newest version once the lock is ours.
-        token = raw_first(HFToken, one + lock_rows_of(HFToken), [*params, candidates[0]])
+        token = first_row(HFToken, f"{eligible} AND id = %s", [*params, candidates[0]], lock=lock_rows_of(HFToken))
         if token is not None:
             return token
     return None
@@ -377,7 +376,7 @@ def _strategy_order_sql(strategy: str, now: datetime) -> tuple[str, list]:
             "(SELECT COUNT(*) FROM tokens_lease WHERE tokens_lease.token_id = tokens_hftoken.id"
             " AND tokens_lease.outcome = %s AND tokens_lease.leased_at >= %s)"
         )
-        since = db_value(Lease, "leased_at", now - selectors.RECENT_ERRORS_WINDOW)
+        since = db_value(Lease, "leased_at", now - RECENT_ERRORS_WINDOW)
         return f"{recent_errors} ASC, {lru}", [Outcome.ERROR, since]
     return lru, []
 
@@ -528,10 +527,8 @@ def report_outcome(
     elif blame_token and error_type not in ErrorType.ALL:
         error_type = classify_error(error)
     with transaction.atomic():
-        token = raw_first(  # lock the token only, never its pool
-            HFToken,
-            "SELECT * FROM tokens_hftoken WHERE organization_id = %s AND id = %s" + lock_rows_of(HFToken),
-            [organization.pk, token_id],
+        token = first_row(  # lock the token only, never its pool
+            HFToken, "organization_id = %s AND id = %s", [organization.pk, token_id], lock=lock_rows_of(HFToken)
         )
         if token is None:
             raise exceptions.NotFound("No such token.")
@@ -550,7 +547,7 @@ def report_outcome(
         changed_fields = []
         if blame_token:
             before = token.status
-            token.pool = raw_first(TokenPool, "SELECT * FROM tokens_tokenpool WHERE id = %s", [token.pool_id])
+            token.pool = first_row(TokenPool, "id = %s", [token.pool_id])
             transition: Transition = next_state(
                 token.policy_state(), success=success, error_type=error_type, now=now, policy=token.pool.quarantine_policy()
             )
@@ -588,12 +585,11 @@ def _lease_for_report(organization, token, lease_id, *, api_key, user) -> Lease:
             raise exceptions.NotFound("You hold no lease on this token: lease it before reporting on it.")
         return lease
     holder, holder_id = ("api_key_id", api_key.pk) if api_key is not None else ("user_id", user.pk if user else None)
-    lease = raw_first(
+    lease = first_row(
         Lease,
-        f"SELECT * FROM tokens_lease WHERE organization_id = %s AND id = %s AND {holder} "
-        + ("= %s" if holder_id is not None else "IS NULL")
-        + lock_rows_of(Lease),
+        f"organization_id = %s AND id = %s AND {holder} " + ("= %s" if holder_id is not None else "IS NULL"),
         [organization.pk, lease_id, *([holder_id] if holder_id is not None else [])],
+        lock=lock_rows_of(Lease),
     )
     if lease is None:
         raise exceptions.NotFound("No such lease of yours.")
