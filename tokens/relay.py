@@ -10,6 +10,7 @@ the lease is recorded as cancelled. Chunks are passed on as the bytes upstream s
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -82,22 +83,31 @@ class _UpstreamFailure(Exception):
         self.error_type, self.message, self.status, self.blame_token = error_type, message, status, blame_token
 
 
+# httpcore walks every connection of a pool on each request and each release (checking idle ones for a
+# closed socket, and counting idle ones per idle one), so one pool of n kept-alive connections costs O(n²)
+# per request at high concurrency. Requests take turns over a few smaller pools instead.
+_POOLS_PER_PROCESS = 8
 _clients: dict = {}
+_turns = itertools.count()
 
 
 def upstream_client() -> httpx.AsyncClient:
-    """One AsyncClient per process (per event loop): its connection pool is what makes relaying cheap."""
+    """The process's shared AsyncClients (per event loop) take turns: their kept-alive connections are what
+    make relaying cheap."""
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None or client.is_closed:
+    clients = _clients.get(loop)
+    if clients is None or any(client.is_closed for client in clients):
         _clients.clear()  # a client is bound to its loop; daphne has one, tests start many
-        client = _clients[loop] = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                settings.PORTAL_UPSTREAM_READ_TIMEOUT, connect=settings.PORTAL_UPSTREAM_CONNECT_TIMEOUT
-            ),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        )
-    return client
+        clients = _clients[loop] = [
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(
+                    settings.PORTAL_UPSTREAM_READ_TIMEOUT, connect=settings.PORTAL_UPSTREAM_CONNECT_TIMEOUT
+                ),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            )
+            for _ in range(_POOLS_PER_PROCESS)
+        ]
+    return clients[next(_turns) % _POOLS_PER_PROCESS]
 
 
 def error_type_for_status(status: int) -> str | None:
@@ -299,10 +309,11 @@ def proxy_stream(
     forwarded = {name: value for name, value in headers.items() if name.lower() not in _HOP_BY_HOP}
 
     async def attempt(grant: services.LeaseGrant) -> AsyncIterator[ProxyHead | bytes]:
-        request = upstream_client().build_request(
+        client = upstream_client()
+        request = client.build_request(
             method, url, content=body, headers={**forwarded, "Authorization": f"Bearer {grant.secret}"}
         )
-        response = await upstream_client().send(request, stream=True)
+        response = await client.send(request, stream=True)
         try:
             error_type = error_type_for_status(response.status_code)
             if error_type is not None:
