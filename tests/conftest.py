@@ -135,6 +135,7 @@ def make_token(db):
 
 
 LIVE_ADMIN_KEY = "pk_live_portal_admin_key_for_tests_0123456789"
+LIVE_ADMIN_PASSWORD = "live-portal-admin-password-for-tests"  # the bootstrap superuser "admin" logs in with it
 LIVE_MAX_CONCURRENT = 8
 
 
@@ -143,13 +144,14 @@ def live_portal(standin_url, tmp_path_factory):
     """The real thing: daphne serving portal.asgi in its own process, with the stand-in as Hugging Face.
 
     It has its own database (a SQLite file, or DATABASE_URL's database on the PostgreSQL run) and a
-    superuser admin whose key is LIVE_ADMIN_KEY. Upstream reads time out after 0.5 s (the stand-in's
+    superuser admin whose key is LIVE_ADMIN_KEY (dashboard password LIVE_ADMIN_PASSWORD). Upstream reads time out after 0.5 s (the stand-in's
     slow tokens wait 1 s) and one worker carries LIVE_MAX_CONCURRENT streams."""
     var_dir = tmp_path_factory.mktemp("live-portal")
     env = {
         **os.environ,
         "PORTAL_VAR_DIR": str(var_dir),
         "PORTAL_ADMIN_API_KEY": LIVE_ADMIN_KEY,
+        "PORTAL_ADMIN_PASSWORD": LIVE_ADMIN_PASSWORD,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "HF_API_BASE": standin_url,
         "HF_INFERENCE_BASE_URL": f"{standin_url}/v1",

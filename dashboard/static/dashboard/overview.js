@@ -22,7 +22,7 @@
         data: {
           labels: series.hours.map(hourLabel),
           datasets: [
-            { type: "line", label: "leases", data: series.leases, borderColor: "#3557d4", backgroundColor: "#3557d4", tension: 0.25, pointRadius: 0 },
+            { type: "line", label: "leases", data: series.leases, borderColor: "#3557d4", backgroundColor: "#3557d4", tension: 0, pointRadius: 2 },
             { type: "bar", label: "successes", data: series.successes, backgroundColor: "#32d583", stack: "outcomes" },
             { type: "bar", label: "errors", data: series.errors, backgroundColor: "#f97066", stack: "outcomes" },
           ],
