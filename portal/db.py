@@ -6,9 +6,10 @@ gets PORTAL_DB_THREADS. The threads live as long as the process and keep their c
 pays for opening one; a connection that failed is dropped and reopened on the next call.
 """
 
+import asyncio
+import functools
 from concurrent.futures import ThreadPoolExecutor
 
-from asgiref.sync import SyncToAsync
 from django.conf import settings
 from django.db import connection, connections
 
@@ -16,20 +17,25 @@ _threads = 1 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else
 _executor = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="portal-db")
 
 
-class _OnDatabaseThreads(SyncToAsync):
-    def thread_handler(self, loop, *args, **kwargs):
-        try:
-            return super().thread_handler(loop, *args, **kwargs)
-        finally:
-            for open_connection in connections.all(initialized_only=True):
-                if open_connection.errors_occurred and not open_connection.is_usable():
-                    open_connection.close()
-                open_connection.errors_occurred = False
+def _run_and_tidy(func, args, kwargs):
+    try:
+        return func(*args, **kwargs)
+    finally:
+        for open_connection in connections.all(initialized_only=True):
+            if open_connection.errors_occurred and not open_connection.is_usable():
+                open_connection.close()
+            open_connection.errors_occurred = False
 
 
 def on_db_threads(func):
-    """An async version of `func` that runs on the database threads."""
-    return _OnDatabaseThreads(func, thread_sensitive=False, executor=_executor)
+    """An async version of `func` that runs on the database threads. A plain executor call, not asgiref's
+    SyncToAsync: these functions need none of its context handling, and it sits on every lease's path."""
+
+    @functools.wraps(func)
+    async def on_a_database_thread(*args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(_executor, _run_and_tidy, func, args, kwargs)
+
+    return on_a_database_thread
 
 
 def unique_or_none(queryset):
