@@ -243,7 +243,8 @@ async def _with_rotation(*, organization, user, api_key, pool: TokenPool, attemp
         except Exception as exc:
             failure = _failure_from(exc)
         else:
-            await _report(**report, success=True)
+            # The answer is complete: the client hears [DONE] (or chat.end) while the success is written.
+            _report_in_background(report)
             return
         await _report(**report, success=False, error=failure.message, error_type=failure.error_type, blame_token=failure.blame_token)
         last_failure = Failed(redact_secrets(failure.message, grant.secret), failure.error_type, failure.status)
@@ -252,6 +253,22 @@ async def _with_rotation(*, organization, user, api_key, pool: TokenPool, attemp
             yield last_failure
             return
     yield last_failure
+
+
+_reports_in_flight: set[asyncio.Task] = set()  # held so none is collected before it has run
+
+
+def _report_in_background(report: dict) -> None:
+    task = asyncio.get_running_loop().create_task(_report(**report, success=True))
+    _reports_in_flight.add(task)
+    task.add_done_callback(_report_done)
+
+
+def _report_done(task: asyncio.Task) -> None:
+    _reports_in_flight.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        # The lease stays open and ends by its TTL, as expired: logged, because that is not what happened.
+        logger.error("could not record a relayed success", exc_info=task.exception())
 
 
 def _failure_from(exc: Exception) -> _UpstreamFailure:
