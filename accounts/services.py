@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 
 from accounts.keys import MIN_PROVIDED_KEY_LENGTH, digest_api_key, display_prefix, generate_api_key
 from accounts.audit import audit_record
@@ -132,6 +132,25 @@ def user_deactivate(*, membership: Membership, actor: User | None, ip: str | Non
     audit_record(
         organization=membership.organization, actor=actor, action="user.deactivated", target=membership.user, ip=ip
     )
+    return membership
+
+
+@transaction.atomic
+def superuser_membership_ensure(*, organization: Organization, actor: User, ip: str | None = None) -> Membership:
+    """A platform superuser steps into an organization to work in it (the dashboard's organization switcher):
+    an active admin membership, made or brought back, and audited, so the organization sees who came in."""
+    if not actor.is_superuser:
+        raise PermissionDenied("Only platform superusers step into other organizations.")
+    membership, created = Membership.objects.get_or_create(
+        user=actor, organization=organization, defaults={"role": Role.ADMIN}
+    )
+    if created or not membership.is_active:
+        membership.is_active = True
+        membership.save(update_fields=["is_active"])
+        audit_record(
+            organization=organization, actor=actor, action="user.superuser_joined", target=actor, ip=ip,
+            data={"role": membership.role},
+        )
     return membership
 
 

@@ -8,13 +8,13 @@ batch on as one frame: {"type": "live.events", "events": [...]}. Sessions only, 
 
 import json
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from accounts import selectors as account_selectors
 from accounts.permissions import SESSION_ORGANIZATION_KEY, membership_has
 from accounts.roles import Perm
 from portal import live
+from portal.db import on_db_threads
 from portal.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, _same_origin
 
 
@@ -29,7 +29,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if not _same_origin(dict(self.scope["headers"])):
             return await self.close(code=CLOSE_FORBIDDEN)
         session = self.scope.get("session") or {}
-        membership = await database_sync_to_async(self._membership)(user, session.get(SESSION_ORGANIZATION_KEY))
+        membership = await on_db_threads(self._membership)(user, session.get(SESSION_ORGANIZATION_KEY))
         if membership is None:
             return await self.close(code=CLOSE_FORBIDDEN)
         self.organization_id = membership.organization_id

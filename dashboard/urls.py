@@ -14,6 +14,7 @@ urlpatterns = [
     path("password/", views.PasswordChangeView.as_view(), name="password-change"),
     path("organization/", views.organization_switch, name="organization-switch"),
     path("organizations/", views.organizations, name="organizations"),
+    path("organizations/<id:organization_id>/enter/", views.organization_enter, name="organization-enter"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/add/", views.token_add, name="token-add"),
     path("tokens/import/", views.token_import, name="token-import"),

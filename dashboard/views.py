@@ -11,7 +11,7 @@ from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.core.paginator import Paginator
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -206,23 +206,15 @@ def token_import(request):
 def token_detail(request, token_id: int):
     organization = request.viewer.organization
     token = token_selectors.token_get(organization, token_id)
-    if request.method == "POST":
-        form = forms.TokenUpdateForm(request.POST)
-        if form.is_valid():
-            changed = {name: form.cleaned_data[name] for name in form.changed_data} if form.has_changed() else {}
-            if changed:
-                attempt(
-                    request,
-                    lambda: token_services.token_update(token=token, **changed, **audit_of(request)),
-                    success="Saved.",
-                )
-            return redirect("dashboard:token-detail", token_id=token.pk)
-    else:
-        form = forms.TokenUpdateForm(
-            initial={"label": token.label, "weight": token.weight, "max_concurrent_leases": token.max_concurrent_leases}
-        )
-    if request.method == "POST":  # invalid: show it again with its errors
-        form.initial = {"label": token.label, "weight": token.weight, "max_concurrent_leases": token.max_concurrent_leases}
+    current = {"label": token.label, "weight": token.weight, "max_concurrent_leases": token.max_concurrent_leases}
+    form = forms.TokenUpdateForm(request.POST if request.method == "POST" else None, initial=current)
+    if request.method == "POST" and form.is_valid():
+        changed = {name: form.cleaned_data[name] for name in form.changed_data}
+        if changed:
+            attempt(
+                request, lambda: token_services.token_update(token=token, **changed, **audit_of(request)), success="Saved."
+            )
+        return redirect("dashboard:token-detail", token_id=token.pk)
     return render(
         request,
         "dashboard/token_detail.html",
@@ -232,6 +224,7 @@ def token_detail(request, token_id: int):
             "form": form if request.viewer.may(Perm.MANAGE_TOKENS) else None,
             "timed": Status.TIMED,
         },
+        status=400 if form.errors else 200,
     )
 
 
@@ -562,6 +555,25 @@ def chat_models(request):
 # --- Organizations (platform superusers) ----------------------------------------------------------
 
 
+@require_POST
+@dashboard_view(SUPERUSER_PERMISSION)
+def organization_enter(request, organization_id: int):
+    """A superuser starts working in an organization: an admin membership there, then the switch."""
+    organization = get_object_or_404(account_selectors.organization_list(), pk=organization_id)
+    if not organization.is_active:
+        messages.error(request, f"{organization.name} is deactivated.")
+        return redirect("dashboard:organizations")
+    membership = attempt(
+        request,
+        lambda: account_services.superuser_membership_ensure(organization=organization, **audit_of(request)),
+    )
+    if membership is FAILED:
+        return redirect("dashboard:organizations")
+    request.session[SESSION_ORGANIZATION_KEY] = organization.pk
+    messages.success(request, f"Now working in {organization.name}.")
+    return redirect("dashboard:overview")
+
+
 @dashboard_view(SUPERUSER_PERMISSION)
 def organizations(request):
     """Superusers: every organization, a form for a new one and one for an organization's first admin."""
@@ -601,6 +613,9 @@ def organizations(request):
         "dashboard/organizations.html",
         {
             "organizations": account_selectors.organization_list(),
+            "member_of": set(
+                account_selectors.active_memberships_of(request.user).values_list("organization_id", flat=True)
+            ),
             "org_form": org_form,
             "admin_form": admin_form,
             "created": created,

@@ -345,11 +345,17 @@ def test_a_user_cannot_create_a_key_for_someone_else(browser_for):
 
 
 @pytest.fixture
-def leases(organization, make_member, token, client_for):
-    """Three leases by a user: two successes and a credits error."""
+def leases(organization, make_member, token, django_capture_on_commit_callbacks):
+    """Three leases by a user: two successes and a credits error (their usage counted, as after commit)."""
     from tokens import services as token_services
 
     membership, _ = make_member(organization, Role.USER, username="leaser")
+    with django_capture_on_commit_callbacks(execute=True):
+        _lease_three_times(token_services, organization, membership, token)
+    return membership
+
+
+def _lease_three_times(token_services, organization, membership, token):
     for outcome in ("success", "success", "error"):
         grant = token_services.lease_token(
             organization=organization, pool=token.pool, user=membership.user, api_key=None, client_name="t"
@@ -360,7 +366,6 @@ def leases(organization, make_member, token, client_for):
             error_type=None, client_name="t", lease_id=grant.lease.pk, user=membership.user, api_key=None,
         )
         HFToken.objects.filter(pk=token.pk).update(status=Status.ACTIVE, available_at=None)
-    return membership
 
 
 @pytest.mark.django_db
@@ -473,3 +478,61 @@ def test_chat_models_come_from_the_configuration(browser_for, settings):
     response = browser_for(Role.USER).get("/chat/models/")
 
     assert response.json() == {"models": ["standin/echo", "standin/slow-echo"]}
+
+
+# --- Superusers ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_superuser_steps_into_another_organization_and_switches_back(browser_for, make_organization, organization):
+    other = make_organization("hooli")
+    root = browser_for(Role.ADMIN, is_superuser=True, username="root")
+
+    listed = root.get("/organizations/").content.decode()
+    entered = root.post(f"/organizations/{other.pk}/enter/")
+    overview = root.get("/")
+    back = root.post("/organization/", {"organization": organization.pk})
+
+    assert f"/organizations/{other.pk}/enter/" in listed
+    assert entered.status_code == 302
+    assert overview.context["viewer"].organization == other
+    assert f'value="{organization.pk}"' in overview.content.decode()  # the switcher offers the way back
+    assert back.status_code == 302 and root.get("/").context["viewer"].organization == organization
+    joined = AuditEvent.objects.get(organization=other, action="user.superuser_joined")
+    assert joined.actor_username == "root"
+    assert Membership.objects.get(user__username="root", organization=other).role == Role.ADMIN
+
+
+@pytest.mark.django_db
+def test_only_superusers_step_into_other_organizations(browser_for, make_organization):
+    other = make_organization("pied-piper")
+    admin = browser_for(Role.ADMIN)
+
+    response = admin.post(f"/organizations/{other.pk}/enter/")
+
+    assert response.status_code == 403
+    assert not Membership.objects.filter(organization=other, user=admin.membership.user).exists()
+
+
+@pytest.mark.django_db
+def test_a_superuser_creates_an_organization_and_its_first_admin(browser_for):
+    root = browser_for(Role.ADMIN, is_superuser=True)
+
+    root.post("/organizations/", {"form": "organization", "org-name": "Vandelay", "org-slug": "vandelay"})
+    created = root.post(
+        "/organizations/", {"form": "admin", "organization": "vandelay", "admin-username": "art", "admin-role": "admin"}
+    )
+
+    membership = Membership.objects.get(user__username="art")
+    assert membership.organization.slug == "vandelay" and membership.role == Role.ADMIN
+    assert b'id="new-secret"' in created.content and created["Cache-Control"] == "no-store"
+
+
+@pytest.mark.django_db
+def test_bad_token_settings_are_shown_with_their_errors(admin_browser, token):
+    response = admin_browser.post(f"/tokens/{token.pk}/", {"label": "x", "weight": 0})
+
+    assert response.status_code == 400
+    assert b"greater than or equal to 1" in response.content
+    token.refresh_from_db()
+    assert token.weight == 1
