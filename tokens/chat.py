@@ -115,7 +115,18 @@ def _chat_pool(caller: ChatCaller, pool_name: str) -> TokenPool:
     return services.lease_pool(caller.organization, api_key=caller.api_key, pool_name=pool_name)
 
 
-chat_pool = on_db_threads(_chat_pool)
+_chat_pool_from_db = on_db_threads(_chat_pool)
+_recent_pools = RecentCache(settings.PORTAL_AUTH_CACHE_SECONDS)
+
+
+async def chat_pool(caller: ChatCaller, pool_name: str) -> TokenPool:
+    """_chat_pool, remembered like chat_context (a websocket asks once per chat request)."""
+    cache_key = (caller.membership.pk, caller.api_key.pk if caller.api_key else None, pool_name)
+    pool = _recent_pools.get(cache_key)
+    if pool is None:
+        pool = await _chat_pool_from_db(caller, pool_name)
+        _recent_pools.put(cache_key, pool)
+    return pool
 
 
 def _chat_context(raw_key: str, pool_name: str) -> tuple[ChatCaller, TokenPool]:

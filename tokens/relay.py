@@ -264,6 +264,12 @@ def _report_in_background(report: dict) -> None:
     task.add_done_callback(_report_done)
 
 
+async def reports_settled() -> None:
+    """Wait until every success reported in the background is written (a shutdown, a test's end)."""
+    while _reports_in_flight:
+        await asyncio.gather(*_reports_in_flight, return_exceptions=True)
+
+
 def _report_done(task: asyncio.Task) -> None:
     _reports_in_flight.discard(task)
     if not task.cancelled() and task.exception() is not None:

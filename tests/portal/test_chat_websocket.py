@@ -6,6 +6,7 @@ B. Through the live daphne (`live_portal` / `live_org`) with the `websockets` cl
    its own database, so everything there is made through the REST API.
 """
 
+import asyncio
 import contextlib
 import json
 import time
@@ -20,6 +21,7 @@ from django.utils import timezone
 from accounts.models import ApiKey
 from accounts.roles import Role
 from portal.asgi import application
+from tokens import relay
 from tokens import services as token_services
 from tokens.models import HFToken, Lease, Outcome
 from tokens.policy import Status
@@ -96,6 +98,7 @@ class ChatSocket:
     async def close(self) -> None:
         if not self.communicator.future.cancelled():  # a receive that timed out already cancelled it
             await self.communicator.disconnect(timeout=TIMEOUT)
+        await relay.reports_settled()  # no write may still be running when the test database is flushed
 
 
 @contextlib.asynccontextmanager
@@ -166,8 +169,18 @@ reload_token = sync_to_async(_reload)
 
 
 @sync_to_async
-def leases_of(token: HFToken) -> list[Lease]:
+def _leases_of(token: HFToken) -> list[Lease]:
     return list(Lease.objects.filter(token=token).order_by("id"))
+
+
+async def leases_of(token: HFToken, settle_seconds: float = 2.0) -> list[Lease]:
+    """The token's leases once none is open: a success is written just after the client hears chat.end."""
+    deadline = asyncio.get_running_loop().time() + settle_seconds
+    while True:
+        leases = await _leases_of(token)
+        if all(lease.outcome for lease in leases) or asyncio.get_running_loop().time() > deadline:
+            return leases
+        await asyncio.sleep(0.02)
 
 
 # --- A. handshake ---------------------------------------------------------------------------------------
