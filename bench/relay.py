@@ -48,10 +48,7 @@ import contextlib
 import itertools
 import json
 import os
-import resource
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,12 +61,12 @@ import httpx
 from websockets.asyncio.client import connect as ws_connect
 from websockets.protocol import State
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tokens.standin import standin_command  # noqa: E402  plain ASGI, no Django needed
-ADMIN_KEY = "pk_bench_portal_admin_key_0123456789abcdef"
+from servers import (  # noqa: E402
+    ADMIN_KEY, PYTHON, Processes, clean_env, free_port, percentile, profile_portal, raise_fd_limit,
+    start_portal, start_standin, wait_until,
+)
 LITELLM_MASTER_KEY = "sk-bench-litellm-master-key"
 LITELLM_UPSTREAM_KEY = "hf_standin_bench_key_x"
 MODEL = "standin/echo"
@@ -80,154 +77,7 @@ CAPACITY_TIMEOUT = 300.0
 MESSAGES = [{"role": "user", "content": "Tell me something about relays"}]
 
 
-# --- processes ------------------------------------------------------------------------------------
-
-
-def raise_fd_limit() -> None:
-    """1,000 websockets plus their upstream streams need more descriptors than a default 1,024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check, what: str, timeout: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode} before it was ready")
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Processes:
-    """The servers this script started, each in its own process group so its children stop with it."""
-
-    def __init__(self):
-        self.running: list[tuple[str, subprocess.Popen]] = []
-        self.stop_signals: dict[int, int] = {}
-
-    def start(self, name: str, args: list[str], env: dict, log: Path, stop_signal=signal.SIGTERM) -> subprocess.Popen:
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.running.append((name, process))
-        self.stop_signals[process.pid] = stop_signal
-        return process
-
-    def cpu_seconds(self, name: str) -> float:
-        """CPU time (user + system) used so far by a server's whole process group."""
-        group = next(process.pid for running, process in self.running if running == name)
-        total = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            if int(fields[2]) == group:  # field 5, pgrp, counted after the ")" that ends the command name
-                total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
-
-    def check_alive(self) -> None:
-        """Stop the bench when a server it depends on has gone, instead of timing a dead target."""
-        for name, process in self.running:
-            if process.poll() is not None:
-                raise RuntimeError(f"the {name} process (pid {process.pid}) exited with code {process.returncode}")
-
-    def stop_all(self) -> None:
-        for name, process in reversed(self.running):
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, self.stop_signals.get(process.pid, signal.SIGTERM))
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(timeout=5)
-        self.running.clear()
-
-
-def clean_env(**extra: str) -> dict:
-    """This environment without anything that would point a server at a shared database or Redis."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "VIRTUAL_ENV")}
-    env.update(extra)
-    return env
-
-
-def start_standin(procs: Processes, workdir: Path) -> str:
-    port = free_port()
-    process = procs.start(
-        "stand-in",
-        standin_command("127.0.0.1", port),
-        clean_env(),
-        workdir / "standin.log",
-    )
-    wait_until(lambda: port_open(port), "the stand-in upstream", 30, process)
-    return f"http://127.0.0.1:{port}"
-
-
-def start_portal(procs: Processes, workdir: Path, standin: str) -> tuple[str, Path]:
-    var_dir = workdir / "portal-var"
-    var_dir.mkdir()
-    env = clean_env(
-        PORTAL_VAR_DIR=str(var_dir),
-        PORTAL_ADMIN_API_KEY=ADMIN_KEY,
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        HF_API_BASE=standin,
-        HF_INFERENCE_BASE_URL=f"{standin}/v1",
-        PORTAL_MAX_CONCURRENT_REQUESTS="2000",
-        LOG_LEVEL="WARNING",
-        DJANGO_SETTINGS_MODULE="portal.settings",
-    )
-    manage = [PYTHON, "manage.py"]
-    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, cwd=ROOT, check=True)
-    subprocess.run([*manage, "bootstrap"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    port = free_port()
-    log = workdir / "portal.log"
-    process = procs.start(
-        "portal",
-        [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
-        env,
-        log,
-    )
-    wait_until(lambda: port_open(port), "the portal", 60, process)
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as admin:
-        for i in range(TOKENS):
-            response = admin.post("/admin/tokens", json={"token": f"hf_bench_{i:02d}_xxxxxxxxxxxxxxxx", "label": f"bench-{i:02d}"})
-            if response.status_code != 201:
-                raise RuntimeError(f"adding a token: {response.status_code} {response.text[:300]}")
-    return url, log
-
-
-def profile_portal(procs: Processes, output: Path) -> None:
-    """py-spy records the portal worker until the bench ends (SIGINT makes it write the file)."""
-    py_spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
-    portal = next(process for name, process in procs.running if name == "portal")
-    procs.start(
-        "py-spy",
-        [py_spy, "record", "--pid", str(portal.pid), "--rate", "250", "--nonblocking", "--format", "speedscope", "-o", str(output.resolve())],
-        clean_env(),
-        output.with_suffix(".log"),
-        stop_signal=signal.SIGINT,
-    )
-    time.sleep(1)
+# --- LiteLLM ---------------------------------------------------------------------------------------
 
 
 def litellm_install(venv: Path) -> Path:
@@ -334,14 +184,6 @@ class Result:
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile, in ms."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))] * 1000
 
 
 class RequestFailed(Exception):
@@ -610,7 +452,7 @@ def main() -> None:
     exit_code = 0
     try:
         standin = start_standin(procs, workdir)
-        portal, portal_log = start_portal(procs, workdir, standin)
+        portal, portal_log = start_portal(procs, workdir, standin, tokens=TOKENS)
         print(f"stand-in at {standin}, portal at {portal} ({TOKENS} tokens)", flush=True)
         litellm = None
         if args.profile:

@@ -1,0 +1,152 @@
+"""Leasing throughput: provision + report pairs against a trivial endpoint of the same server, in one run.
+
+    .venv/bin/python bench/lease.py [--pairs N] [--concurrency C] [--url URL --admin-key KEY]
+
+Without --url it starts one daphne portal worker on a throwaway SQLite database (as bench/relay.py does),
+bootstrapped with a fixed admin key and 20 tokens. With --url it measures a running portal instead (a
+cluster behind nginx, `make cluster`), given its admin key.
+
+What it measures, with C asyncio clients (default 32) sharing one httpx.AsyncClient, after 50 warm-up
+requests of each kind:
+
+    trivial  GET /healthz                                  N requests
+    lease    GET /keys/provision/hf, then POST /keys/report/hf with the lease's token_id and lease_id,
+             status "success"                              N pairs (2N requests)
+
+and prints requests per second, pairs per second and latency p50/p99 per request. Targets (issue 6): the
+lease path keeps at least half of the trivial endpoint's requests per second, and a p99 under 20 ms on
+one worker. The client shares the machine's CPUs with the server, so the numbers compare the two paths
+under the same conditions; they are not the server's absolute capacity.
+"""
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from servers import ADMIN_KEY, Processes, percentile, raise_fd_limit, start_portal  # noqa: E402
+
+WARMUP = 50
+
+
+@dataclass
+class Run:
+    name: str
+    requests: int = 0
+    pairs: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # seconds per HTTP request
+
+    def line(self) -> str:
+        rate = self.requests / self.seconds if self.seconds else 0.0
+        pairs = f"{self.pairs / self.seconds:>9.1f}" if self.pairs else f"{'':>9}"
+        return (
+            f"{self.name:<8}{self.requests:>9}{self.errors:>8}{rate:>11.1f}{pairs}"
+            f"{percentile(self.latencies, 50):>10.1f}{percentile(self.latencies, 99):>10.1f}"
+        )
+
+
+async def timed(run: Run, client: httpx.AsyncClient, method: str, url: str, **kwargs) -> httpx.Response | None:
+    started = time.perf_counter()
+    try:
+        response = await client.request(method, url, **kwargs)
+    except httpx.HTTPError:
+        run.errors += 1
+        return None
+    run.latencies.append(time.perf_counter() - started)
+    run.requests += 1
+    if response.status_code != 200:
+        run.errors += 1
+        return None
+    return response
+
+
+async def trivial(run: Run, client: httpx.AsyncClient) -> None:
+    await timed(run, client, "GET", "/healthz")
+
+
+async def lease_pair(run: Run, client: httpx.AsyncClient) -> None:
+    leased = await timed(run, client, "GET", "/keys/provision/hf")
+    if leased is None:
+        return
+    grant = leased.json()
+    report = {"token_id": grant["token_id"], "lease_id": grant["lease_id"], "status": "success"}
+    if await timed(run, client, "POST", "/keys/report/hf", json=report) is not None:
+        run.pairs += 1
+
+
+async def measure(name: str, work, client: httpx.AsyncClient, count: int, concurrency: int) -> Run:
+    run = Run(name)
+    remaining = iter(range(count))
+
+    async def worker():
+        for _ in remaining:
+            await work(run, client)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+async def bench(url: str, key: str, pairs: int, concurrency: int) -> tuple[Run, Run]:
+    limits = httpx.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as client:
+        probe = await client.get("/healthz")
+        if probe.status_code != 200:
+            raise RuntimeError(f"GET /healthz answered {probe.status_code}: the trivial endpoint is missing")
+        await measure("warm-up", trivial, client, WARMUP, concurrency)
+        await measure("warm-up", lease_pair, client, WARMUP, concurrency)
+        # Trivial first, lease second, trivial again: the slower of the two trivial runs is the one compared,
+        # so a machine that slows down during the run cannot flatter the lease path.
+        first = await measure("trivial", trivial, client, pairs, concurrency)
+        lease = await measure("lease", lease_pair, client, pairs, concurrency)
+        second = await measure("trivial", trivial, client, pairs, concurrency)
+    slower = min((first, second), key=lambda run: run.requests / run.seconds)
+    return slower, lease
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=3000, help="lease+report pairs, and trivial requests (default 3000)")
+    parser.add_argument("--concurrency", type=int, default=32, help="clients at once (default 32)")
+    parser.add_argument("--url", help="a running portal (e.g. the nginx of `make cluster`) instead of starting one")
+    parser.add_argument("--admin-key", default=ADMIN_KEY, help="its admin API key (with --url)")
+    args = parser.parse_args()
+    raise_fd_limit()
+
+    procs, workdir = Processes(), Path(tempfile.mkdtemp(prefix="portal-bench-lease-"))
+    try:
+        if args.url:
+            url, where = args.url.rstrip("/"), args.url
+        else:
+            # No upstream is called when leasing: the stand-in's address is never used.
+            url, _ = start_portal(procs, workdir, "http://127.0.0.1:9", tokens=20)
+            where = "one daphne worker, SQLite, 20 tokens"
+        trivial_run, lease_run = asyncio.run(bench(url, args.admin_key, args.pairs, args.concurrency))
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"\n{where}; concurrency {args.concurrency}")
+    print(f"{'target':<8}{'requests':>9}{'errors':>8}{'req/s':>11}{'pairs/s':>9}{'p50 ms':>10}{'p99 ms':>10}")
+    print(trivial_run.line())
+    print(lease_run.line())
+    trivial_rate = trivial_run.requests / trivial_run.seconds
+    lease_rate = lease_run.requests / lease_run.seconds
+    print(f"\nlease req/s ÷ trivial req/s: {lease_rate:.1f} / {trivial_rate:.1f} = {lease_rate / trivial_rate:.2f} (target ≥ 0.5)")
+    print(f"lease p99: {percentile(lease_run.latencies, 99):.1f} ms (target < 20 ms on one worker)")
+
+
+if __name__ == "__main__":
+    main()
