@@ -22,7 +22,7 @@ class UserOutput(serializers.ModelSerializer):
 
     id = serializers.IntegerField(source="user.id")
     username = serializers.CharField(source="user.username")
-    email = serializers.EmailField(source="user.email")
+    email = serializers.CharField(source="user.email")  # may be blank, so not documented as format: email
     full_name = serializers.CharField(source="user.full_name")
     organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     date_joined = serializers.DateTimeField(source="user.date_joined")
@@ -114,7 +114,7 @@ class RoleMatrixOutput(serializers.Serializer):
 class MeOutput(serializers.Serializer):
     id = serializers.IntegerField()
     username = serializers.CharField()
-    email = serializers.EmailField()
+    email = serializers.CharField()  # may be blank
     full_name = serializers.CharField()
     is_superuser = serializers.BooleanField()
     organization = OrganizationOutput()

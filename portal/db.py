@@ -50,6 +50,9 @@ def unique_or_none(queryset):
 # These run the same SQL the ORM would, with the fields' own conversions in both directions.
 
 
+MAX_ROW_ID = 2**63 - 1  # the largest id a row can have (a 64-bit integer); larger ones overflow the driver
+
+
 def quoted(name: str) -> str:
     return connection.ops.quote_name(name)
 

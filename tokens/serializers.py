@@ -3,6 +3,7 @@ from datetime import datetime, timezone
 
 from rest_framework import serializers
 
+from portal.db import MAX_ROW_ID
 from portal.serializers import InputSerializer, StrictSerializer
 from tokens.models import HFToken, Strategy, TokenEvent, TokenPool
 from tokens.policy import ErrorType, Status
@@ -30,12 +31,12 @@ class ProvisionOutput(serializers.Serializer):
 class ReportInput(InputSerializer):
     """Lenient on purpose: the helper may add fields, and a report should never be lost to a stray key."""
 
-    token_id = serializers.IntegerField(min_value=1)
+    token_id = serializers.IntegerField(min_value=1, max_value=MAX_ROW_ID)
     status = serializers.ChoiceField(choices=["success", "error"])
     error = serializers.CharField(required=False, allow_blank=True, allow_null=True, default="", trim_whitespace=False)
     error_type = serializers.CharField(required=False, allow_blank=True, allow_null=True, default=None, max_length=64)
     client_name = serializers.CharField(required=False, allow_blank=True, allow_null=True, default="")
-    lease_id = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+    lease_id = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1, max_value=MAX_ROW_ID)
 
 
 class ReportOutput(serializers.Serializer):

@@ -39,3 +39,15 @@ def test_a_token_that_no_http_header_can_carry_is_refused(member, client_for):
     response = client_for(key).post("/admin/tokens", {"token": "hf_ünïcödé_token_value"}, format="json")
 
     assert response.status_code == 400 and response.json()["error_type"] == "validation"
+
+
+@pytest.mark.parametrize("field", ["token_id", "lease_id"])
+def test_a_report_with_an_id_no_row_can_have_is_refused_not_a_crash(member, client_for, make_token, organization, field):
+    _, key = member
+    token = make_token(organization)
+    report = {"token_id": token.pk, "status": "error", "error": "402", field: 2**70}
+
+    response = client_for(key).post("/keys/report/hf", report, format="json")
+
+    assert response.status_code == 400 and response.json()["error_type"] == "validation"
+    assert field in response.json()["fields"]
