@@ -71,8 +71,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await asyncio.gather(*self.streams.values(), return_exceptions=True)
 
     async def receive(self, text_data=None, bytes_data=None):
+        frame = text_data if text_data is not None else bytes_data
+        if len(frame or "") > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:  # characters or bytes: the same bound
+            return await self._error(None, f"Frames are at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes.", "payload_too_large")
         try:
-            content = load_json(text_data if text_data is not None else bytes_data)
+            content = load_json(frame)
         except exceptions.ValidationError:
             return await self._error(None, "Frames are JSON objects.", "validation")
         await self.receive_json(content)
