@@ -442,6 +442,33 @@ async def test_rotation_past_a_token_out_of_credits(standin, organization, user_
     assert_no_secret(socket.raw_frames)
 
 
+@pytest.mark.parametrize(
+    ("kind", "status", "error_type"),
+    [
+        ("invalid", Status.INVALID, "invalid_credentials"),  # upstream 401
+        ("credits", Status.QUARANTINED, "credits_exceeded"),  # 402
+        ("ratelimit", Status.COOLING, "rate_limited"),  # 429
+        ("error500", Status.ACTIVE, "server_error"),  # 500: one failure does not yet take it out
+        ("slow", Status.ACTIVE, "timeout"),  # no first byte within PORTAL_UPSTREAM_READ_TIMEOUT
+    ],
+)
+@in_process
+async def test_each_upstream_failure_before_the_first_byte_is_reported_and_the_next_token_answers(
+    standin, organization, user_key, make_token, settings, kind, status, error_type
+):
+    settings.PORTAL_UPSTREAM_READ_TIMEOUT = 0.3  # the stand-in's slow tokens wait seconds
+    failing = await sync_to_async(make_token)(organization, secret=f"hf_ws_{kind}_token_abcdefghijkl", label="failing")
+    good = await sync_to_async(make_token)(organization, secret=GOOD_SECRET, label="good token")
+    async with chat_socket(bearer(user_key)) as socket:
+        frames = await socket.chat(request_frame("f", "hi there", max_tokens=3))
+    start, _ = assert_streamed(frames, "f", "Echo: hi there")
+    assert start["token_id"] == good.pk
+    [lease] = await leases_of(failing)
+    assert (lease.outcome, lease.error_type) == (Outcome.ERROR, error_type)
+    assert (await reload_token(failing)).status == status
+    assert_no_secret(socket.raw_frames)
+
+
 @in_process
 async def test_when_every_token_fails_the_client_gets_one_chat_error(standin, organization, user_key, make_token):
     await sync_to_async(make_token)(organization, secret=INVALID_SECRET, label="revoked token")
