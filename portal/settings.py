@@ -211,6 +211,8 @@ PORTAL_LEASE_TTL = int(os.environ.get("PORTAL_LEASE_TTL", "600"))
 PORTAL_MAX_CONCURRENT_REQUESTS = int(os.environ.get("PORTAL_MAX_CONCURRENT_REQUESTS", "128"))  # per worker
 PORTAL_ORG_MAX_CONCURRENT_REQUESTS = int(os.environ.get("PORTAL_ORG_MAX_CONCURRENT_REQUESTS", "0"))  # 0: no limit
 PORTAL_KEY_MAX_CONCURRENT_REQUESTS = int(os.environ.get("PORTAL_KEY_MAX_CONCURRENT_REQUESTS", "0"))  # 0: no limit
+# Shared stream counts (Redis) are refreshed this often; a stream unrefreshed for three beats stops counting.
+PORTAL_STREAM_HEARTBEAT_SECONDS = float(os.environ.get("PORTAL_STREAM_HEARTBEAT_SECONDS", "10"))
 # The chat relay: tokens tried before the first byte, and how long upstream may take.
 PORTAL_UPSTREAM_ATTEMPTS = int(os.environ.get("PORTAL_UPSTREAM_ATTEMPTS", "3"))
 PORTAL_UPSTREAM_CONNECT_TIMEOUT = float(os.environ.get("PORTAL_UPSTREAM_CONNECT_TIMEOUT", "10"))

@@ -12,6 +12,7 @@ this process (logged), rather than refusing every stream.
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -22,8 +23,9 @@ from portal.errors import PortalError
 
 logger = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10
-STALE_AFTER = 30
+HEARTBEAT_SECONDS = settings.PORTAL_STREAM_HEARTBEAT_SECONDS
+STALE_AFTER = 3 * HEARTBEAT_SECONDS  # three missed beats: the worker holding the stream is gone
+_SET_TTL = max(1, math.ceil(STALE_AFTER * 4))  # whole seconds, as EXPIRE takes them
 
 
 class Overloaded(PortalError):
@@ -63,7 +65,7 @@ class _SharedCounts:
 
     async def try_acquire(self, key: str, member: str, limit: int) -> bool:
         now = time.time()
-        acquired = await self._client().eval(_ACQUIRE_SCRIPT, 1, key, now, now - STALE_AFTER, limit, member, STALE_AFTER * 4)
+        acquired = await self._client().eval(_ACQUIRE_SCRIPT, 1, key, now, now - STALE_AFTER, limit, member, _SET_TTL)
         if acquired:
             self._held.setdefault(key, set()).add(member)
             self._ensure_heartbeat()
@@ -87,7 +89,7 @@ class _SharedCounts:
                         for member in members:
                             pipe.zadd(key, {member: now}, xx=True)
                         if members:
-                            pipe.expire(key, STALE_AFTER * 4)
+                            pipe.expire(key, _SET_TTL)
                     await pipe.execute()
             except Exception:  # a missed beat only makes counts expire early; the next one retries
                 logger.warning("stream count heartbeat to Redis failed", exc_info=True)

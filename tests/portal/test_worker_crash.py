@@ -1,0 +1,113 @@
+"""A worker killed with SIGKILL in the middle of streams: its leases end by their TTL, its stream counts
+stop counting (in Redis, after three missed heartbeats), and a new worker on the same database serves as
+if nothing had happened. Nothing stays stuck."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, wait_for_port
+
+ADMIN_KEY = "pk_crash_test_admin_key_0123456789abcdefgh"
+LEASE_TTL = 8  # long enough for the replacement worker to start before the leases expire
+HEARTBEAT = 1.0  # so shared counts go stale 3 s after their worker died
+
+
+def start_worker(env: dict, log_path) -> subprocess.Popen:
+    port = free_port()
+    log = open(log_path, "a")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    wait_for_port(port)
+    process.url = f"http://127.0.0.1:{port}"
+    return process
+
+
+def hold_stream(url: str, key: str, started: threading.Event) -> None:
+    """A slow stream that is still running when its worker dies."""
+    body = {"model": "standin/slow-echo", "messages": [{"role": "user", "content": "a long story"}], "max_tokens": 100}
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    started.set()
+    except httpx.HTTPError:
+        pass  # the worker died under it: expected
+
+
+def test_a_worker_killed_mid_stream_leaves_nothing_stuck(standin_url, tmp_path):
+    env = {
+        **os.environ,
+        "PORTAL_VAR_DIR": str(tmp_path),
+        "PORTAL_ADMIN_API_KEY": ADMIN_KEY,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "HF_API_BASE": standin_url,
+        "HF_INFERENCE_BASE_URL": f"{standin_url}/v1",
+        "PORTAL_LEASE_TTL": str(LEASE_TTL),
+        "PORTAL_KEY_MAX_CONCURRENT_REQUESTS": "2",
+        "PORTAL_STREAM_HEARTBEAT_SECONDS": str(HEARTBEAT),
+    }
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], env=env, check=True)
+    subprocess.run([sys.executable, "manage.py", "bootstrap"], env=env, check=True, stdout=subprocess.DEVNULL)
+    worker = start_worker(env, tmp_path / "worker-a.log")
+    replacement = None
+    try:
+        slug = f"crash-{uuid.uuid4().hex[:8]}"
+        with httpx.Client(base_url=worker.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10) as admin:
+            admin.post("/admin/organizations", json={"name": slug, "slug": slug}).raise_for_status()
+            org_admin = admin.post("/admin/users", json={"username": f"{slug}-admin", "role": "admin", "organization": slug}).json()
+        org = httpx.Client(base_url=worker.url, headers={"Authorization": f"Bearer {org_admin['api_key']}"}, timeout=10)
+        for n in range(2):  # one lease each at most: two held streams take the whole pool
+            org.post("/admin/tokens", json={"token": f"hf_crash_ok_{n}_{uuid.uuid4().hex}", "max_concurrent_leases": 1}).raise_for_status()
+        key = org_admin["api_key"]
+
+        started = [threading.Event(), threading.Event()]
+        streams = [threading.Thread(target=hold_stream, args=(worker.url, key, event), daemon=True) for event in started]
+        for thread in streams:
+            thread.start()
+        assert all(event.wait(10) for event in started), "both streams were relaying when the worker died"
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        killed_at = time.monotonic()
+
+        replacement = start_worker(env, tmp_path / "worker-b.log")
+        org = httpx.Client(base_url=replacement.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        chat = {"model": "standin/echo", "messages": [{"role": "user", "content": "hello again"}], "max_tokens": 2}
+
+        # The dead worker's leases still hold both tokens, and the answer says when one comes back …
+        first = org.post("/v1/chat/completions", json={**chat, "stream": False})
+        if time.monotonic() - killed_at < LEASE_TTL - 0.5:
+            if os.environ.get("REDIS_URL"):
+                # … or its two streams still count against this key's limit of 2, until they go stale.
+                assert first.status_code in (429, 503), first.text
+            else:
+                assert first.status_code == 503, first.text
+                assert first.json()["error_type"] == "no_token_available"
+                assert 1 <= int(first.headers["Retry-After"]) <= LEASE_TTL
+
+        # … and once the TTL and the stale heartbeats are past, the pool and the key are free again.
+        time.sleep(max(0.0, max(LEASE_TTL, 3 * HEARTBEAT) + 0.5 - (time.monotonic() - killed_at)))
+        answers = [org.post("/v1/chat/completions", json={**chat, "stream": False}) for _ in range(2)]
+        assert [answer.status_code for answer in answers] == [200, 200], [answer.text for answer in answers]
+
+        usage = org.get("/admin/usage", params={"group_by": "pool"}).json()["rows"]
+        [pool] = usage
+        assert pool["open"] == 0
+        assert pool["expired"] == 2  # the dead worker's two streams
+        assert pool["successes"] == 2
+        tokens = org.get("/admin/tokens").json()["results"]
+        assert [token["status"] for token in tokens] == ["active", "active"]  # an expiry is not the token's fault
+    finally:
+        for process in (worker, replacement):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=10)
