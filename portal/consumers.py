@@ -33,6 +33,10 @@ MAX_ID_LENGTH = 100
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
+    # The chat socket takes no channel-layer messages: without a layer it needs no Redis subscription per
+    # connection, and keeps chatting when Redis is down.
+    channel_layer_alias = None
+
     async def connect(self):
         self.streams: dict[str, asyncio.Task] = {}
         try:
