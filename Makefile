@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run demo test test-sqlite test-services venv migrate clean
+.PHONY: run demo cluster test test-sqlite test-services venv migrate clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ demo: venv
 	$(PY) manage.py standin_upstream --port 8090 & standin=$$!; \
 	trap "kill $$standin 2>/dev/null" EXIT INT TERM; \
 	$(DEMO_ENV) $(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) portal.asgi:application
+
+# The cluster on loopback: throwaway PostgreSQL + Redis, PORTAL_WORKERS daphne workers, nginx on PORT
+# in front (Debian's postgresql, redis-server and nginx). Ctrl-C stops it all.
+# CLUSTER_ARGS=--standin adds the stand-in Hugging Face and demo tokens, as `make demo` does.
+PORTAL_WORKERS ?= 2
+cluster: venv
+	$(PY) scripts/cluster.py --workers $(PORTAL_WORKERS) --port $(PORT) $(CLUSTER_ARGS)
 
 # The whole suite on SQLite, then again on a throwaway PostgreSQL + Redis when their
 # server binaries are installed (skipped with a message otherwise).

@@ -97,7 +97,15 @@ TEMPLATES = [
 # --- Database -----------------------------------------------------------------
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    # Under ASGI each request's sync code runs on a thread of its own, so a connection kept for the next
+    # request is never reused: it stays open until PostgreSQL runs out of connections (two workers and
+    # 64 clients did that in seconds). Django's advice for ASGI is CONN_MAX_AGE 0; the async side's
+    # database threads (portal.db) keep theirs anyway, as they never see a request signal.
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL, conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")), conn_health_checks=True
+        )
+    }
 else:
     DATABASES = {
         "default": {

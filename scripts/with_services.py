@@ -14,6 +14,7 @@ unless --require is given, in which case it exits 1.
 Overrides: PORTAL_PG_BINDIR (directory holding initdb/postgres) and
 PORTAL_REDIS_SERVER (path to redis-server).  Stdlib only, on purpose.
 """
+import contextlib
 import glob
 import os
 import pwd
@@ -206,6 +207,52 @@ def run_command(command, env):
         raise
 
 
+class MissingServer(ServiceError):
+    """A server binary is not installed; the message says which package provides it."""
+
+
+def find_servers():
+    """(PostgreSQL bindir, redis-server path), or raise MissingServer."""
+    bindir, redis_server = find_postgres_bindir(), find_redis_server()
+    if bindir is None:
+        raise MissingServer("PostgreSQL server binaries not found (apt-get install postgresql)")
+    if redis_server is None:
+        raise MissingServer("redis-server not found (apt-get install redis-server)")
+    return bindir, redis_server
+
+
+@contextlib.contextmanager
+def running_services(tmpdir=None):
+    """Start a throwaway PostgreSQL and Redis on free loopback ports; yield (DATABASE_URL, REDIS_URL).
+
+    Both are stopped (and a temp dir made here deleted) on the way out, whatever happens.
+    Raises MissingServer or ServiceError when they cannot be started."""
+    bindir, redis_server = find_servers()
+    own_tmpdir = tmpdir is None
+    if own_tmpdir:
+        tmpdir = tempfile.mkdtemp(prefix="portal-services-")
+    os.chmod(tmpdir, 0o755)  # must be traversable by the postgres user
+    procs = []
+    try:
+        pg_port, redis_port = free_ports(2)
+        start_postgres(bindir, tmpdir, pg_port, procs)
+        start_redis(redis_server, tmpdir, redis_port, procs)
+        log(f"started PostgreSQL ({bindir}) on 127.0.0.1:{pg_port} and Redis on 127.0.0.1:{redis_port}")
+        yield (f"postgres://{PG_USER}@127.0.0.1:{pg_port}/{PG_DB}", f"redis://127.0.0.1:{redis_port}/0")
+    finally:
+        for name, proc, sig in reversed(procs):
+            stop(name, proc, sig)
+        if own_tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def raise_on_sigterm():
+    """Turn SIGTERM into an exception so finally blocks (which stop the servers) still run."""
+    def on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def main(argv):
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         log("usage: with_services.py [--require] -- COMMAND [ARGS...]")
@@ -216,45 +263,24 @@ def main(argv):
         return 2
     missing_exit = 1 if "--require" in options else 0
 
-    bindir, redis_server = find_postgres_bindir(), find_redis_server()
-    if bindir is None:
-        log("PostgreSQL server binaries not found (apt-get install postgresql); "
-            "skipping the PostgreSQL+Redis run")
-        return missing_exit
-    if redis_server is None:
-        log("redis-server not found (apt-get install redis-server); "
-            "skipping the PostgreSQL+Redis run")
-        return missing_exit
-
-    # Turn SIGTERM into an exception so the finally block below still cleans up.
-    def on_sigterm(signum, frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-    tmpdir = tempfile.mkdtemp(prefix="portal-services-")
-    os.chmod(tmpdir, 0o755)  # must be traversable by the postgres user
-    procs = []
     try:
-        pg_port, redis_port = free_ports(2)
-        start_postgres(bindir, tmpdir, pg_port, procs)
-        start_redis(redis_server, tmpdir, redis_port, procs)
-        env = dict(os.environ,
-                   DATABASE_URL=f"postgres://{PG_USER}@127.0.0.1:{pg_port}/{PG_DB}",
-                   REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-                   PORTAL_TEST_SERVICES="1")
-        log(f"started PostgreSQL ({bindir}) on 127.0.0.1:{pg_port} and Redis on "
-            f"127.0.0.1:{redis_port}; running: {shlex.join(command)}")
-        code = run_command(command, env)
-        return 128 - code if code < 0 else code  # killed by a signal: shell convention
+        find_servers()
+    except MissingServer as missing:
+        log(f"{missing}; skipping the PostgreSQL+Redis run")
+        return missing_exit
+
+    raise_on_sigterm()
+    try:
+        with running_services() as (database_url, redis_url):
+            env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=redis_url, PORTAL_TEST_SERVICES="1")
+            log(f"running: {shlex.join(command)}")
+            code = run_command(command, env)
+            return 128 - code if code < 0 else code  # killed by a signal: shell convention
     except ServiceError as error:
         log(str(error))
         return 1
     except KeyboardInterrupt:
         return 130
-    finally:
-        for name, proc, sig in reversed(procs):
-            stop(name, proc, sig)
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
