@@ -20,7 +20,7 @@ migrate: venv
 
 run: migrate
 	$(PY) manage.py bootstrap
-	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) portal.asgi:application
+	$(PY) -m portal.serve -b 127.0.0.1 -p $(PORT) portal.asgi:application
 
 # Offline demo: the stand-in Hugging Face on 127.0.0.1:8090 and a seeded pool, in its own var/demo.
 DEMO_ENV := PORTAL_VAR_DIR=var/demo HF_API_BASE=http://127.0.0.1:8090 HF_INFERENCE_BASE_URL=http://127.0.0.1:8090/v1
@@ -30,7 +30,7 @@ demo: venv
 	$(DEMO_ENV) $(PY) manage.py seed_demo
 	$(PY) manage.py standin_upstream --port 8090 & standin=$$!; \
 	trap "kill $$standin 2>/dev/null" EXIT INT TERM; \
-	$(DEMO_ENV) $(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) portal.asgi:application
+	$(DEMO_ENV) $(PY) -m portal.serve -b 127.0.0.1 -p $(PORT) portal.asgi:application
 
 # The cluster on loopback: throwaway PostgreSQL + Redis, PORTAL_WORKERS daphne workers, nginx on PORT
 # in front (Debian's postgresql, redis-server and nginx). Ctrl-C stops it all.

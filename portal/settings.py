@@ -65,6 +65,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "portal.url_keys.KeysInUrlMiddleware",
     "portal.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -163,6 +164,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["portal.rate_limit.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "portal.pagination.Pagination",
@@ -198,6 +200,13 @@ PORTAL_KEY_TOUCH_INTERVAL = int(os.environ.get("PORTAL_KEY_TOUCH_INTERVAL", "60"
 # How long a worker may trust what it learnt about an API key (its user, role, pool) without asking the
 # database again. Changes made on the same worker apply at once; 0 asks every time.
 PORTAL_AUTH_CACHE_SECONDS = float(os.environ.get("PORTAL_AUTH_CACHE_SECONDS", "5"))
+# Requests per minute one API key may make (a sliding window, across workers when REDIS_URL is set); 0: off.
+PORTAL_KEY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("PORTAL_KEY_RATE_LIMIT_PER_MINUTE", "600"))
+# Dashboard logins: after this many failures for one username (or PORTAL_LOGIN_MAX_FAILURES_PER_IP from one
+# address) within PORTAL_LOGIN_LOCKOUT_SECONDS, further attempts are refused until that window has passed.
+PORTAL_LOGIN_MAX_FAILURES = int(os.environ.get("PORTAL_LOGIN_MAX_FAILURES", "5"))
+PORTAL_LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("PORTAL_LOGIN_MAX_FAILURES_PER_IP", "30"))
+PORTAL_LOGIN_LOCKOUT_SECONDS = int(os.environ.get("PORTAL_LOGIN_LOCKOUT_SECONDS", "900"))
 
 LOGGING = {
     "version": 1,

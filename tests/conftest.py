@@ -165,7 +165,7 @@ def live_portal(standin_url, tmp_path_factory):
     port = free_port()
     log = open(var_dir / "daphne.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+        [sys.executable, "-m", "portal.serve", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -205,3 +205,22 @@ def close_database_thread_connections():
     from portal.db import on_db_threads
 
     async_to_sync(on_db_threads(connections.close_all))()
+
+
+@pytest.fixture(autouse=True)
+def forget_rate_counts():
+    """Request and failed-login counts live in the process (or Redis) across tests, while database ids are
+    reused from one test to the next: each test starts with none."""
+    from django.core.cache import cache
+
+    from portal.rate_limit import reset_key_rates
+
+    reset_key_rates()
+    if "locmem" in settings.CACHES["default"]["BACKEND"].lower():
+        cache.clear()
+    else:
+        client = cache._cache.get_client(write=True)
+        keys = list(client.scan_iter(match="*portal:login-fail:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    yield

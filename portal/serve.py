@@ -1,0 +1,48 @@
+"""daphne, with an access log that never writes a credential: `python -m portal.serve` takes daphne's own
+arguments (`-b 127.0.0.1 -p 8000 portal.asgi:application`).
+
+daphne's access log writes each request's whole URI, query string included, so a key sent in a URL (which
+the portal refuses: portal.url_keys) would still land in the log. Here every logged URI goes through
+scrub_uri first: credential-named query parameters and anything shaped like a portal key or an HF token
+become `***`, in the path and in the query.
+"""
+
+from urllib.parse import parse_qsl, quote, unquote
+
+from daphne import cli
+from daphne.access import AccessLogGenerator
+
+from portal.redact import redact_secrets
+from portal.url_keys import CREDENTIAL_PARAMS
+
+
+def scrub_uri(uri: str) -> str:
+    path, question, query = uri.partition("?")
+    path = redact_secrets(unquote(path))
+    if not question:
+        return path
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True)
+    except ValueError:
+        return f"{path}?***"
+    scrubbed = []
+    for name, value in pairs:
+        if value and name.strip().lower() in CREDENTIAL_PARAMS:
+            value = "***"
+        scrubbed.append(f"{quote(redact_secrets(name), safe='*')}={quote(redact_secrets(value), safe='*')}")
+    return f"{path}?{'&'.join(scrubbed)}"
+
+
+class ScrubbedAccessLog(AccessLogGenerator):
+    def write_entry(self, host, date, request, status=None, length=None, ident=None, user=None):
+        method, _, uri = request.partition(" ")
+        super().write_entry(host, date, f"{method} {scrub_uri(uri)}", status, length, ident, user)
+
+
+def main() -> None:
+    cli.AccessLogGenerator = ScrubbedAccessLog  # daphne's CLI builds its access log from this name
+    cli.CommandLineInterface.entrypoint()
+
+
+if __name__ == "__main__":
+    main()
