@@ -4,7 +4,9 @@ documents. (Driven through Hypothesis directly: schemathesis' pytest plugin does
 
 import pytest
 import schemathesis
+from django.core import signals
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
@@ -16,6 +18,19 @@ EXAMPLES_PER_OPERATION = 15
 # Loading the schema needs no database: it is drf-spectacular reading the views.
 SCHEMA = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
 OPERATIONS = {operation.label: operation for operation in (result.ok() for result in SCHEMA.get_all_operations())}
+
+
+@pytest.fixture(autouse=True)
+def keep_the_test_connection():
+    """What Django's test client does around each request: the app's request signals would otherwise close
+    the test's database connection, and its transaction with it (CONN_MAX_AGE is 0 on PostgreSQL)."""
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    try:
+        yield
+    finally:
+        signals.request_started.connect(close_old_connections)
+        signals.request_finished.connect(close_old_connections)
 
 
 @pytest.fixture
