@@ -61,7 +61,10 @@ events {{
 }}
 
 http {{
-    access_log {dir}/nginx-access.log;
+    # The path without its query string: a key pasted into a URL (refused by the portal) is not logged.
+    log_format portal '$remote_addr [$time_local] "$request_method $uri $server_protocol" '
+                      '$status $body_bytes_sent $request_time $upstream_addr';
+    access_log {dir}/nginx-access.log portal;
     client_body_temp_path {dir}/nginx-tmp/body;
     proxy_temp_path {dir}/nginx-tmp/proxy;
     fastcgi_temp_path {dir}/nginx-tmp/fastcgi;
@@ -263,7 +266,8 @@ class Cluster:
         ports = free_ports(self.workers + (0 if self.port else 1))
         worker_ports, nginx_port = ports[:self.workers], (self.port or ports[-1])
         for n, port in enumerate(worker_ports, 1):
-            proc = self._spawn(f"worker-{n}", [sys.executable, "-m", "daphne", "--proxy-headers",
+            # portal.serve: daphne with an access log that scrubs credentials from URIs.
+            proc = self._spawn(f"worker-{n}", [sys.executable, "-m", "portal.serve", "--proxy-headers",
                                                "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"], env)
             self.worker_urls.append(f"http://127.0.0.1:{port}")
         for n, (url, (name, proc, _)) in enumerate(zip(self.worker_urls, self._procs[-self.workers:]), 1):
