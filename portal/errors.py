@@ -8,6 +8,7 @@ error_type); the handler turns every one of them into that shape. Plain Django
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from django.views.defaults import bad_request, page_not_found, permission_denied, server_error
@@ -116,6 +117,12 @@ def is_api_path(path: str) -> bool:
 
 
 def handler400(request, exception=None):
+    if isinstance(exception, RequestDataTooBig):  # a body over DATA_UPLOAD_MAX_MEMORY_SIZE
+        if is_api_path(request.path):
+            return error_response("Request body too large.", "payload_too_large", 413)
+        response = bad_request(request, exception)
+        response.status_code = 413
+        return response
     if is_api_path(request.path):
         return error_response("Bad request.", "bad_request", 400)
     return bad_request(request, exception)

@@ -64,7 +64,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "portal.metrics.RequestMetricsMiddleware",  # first: times everything below it, errors and static files too
     "django.middleware.security.SecurityMiddleware",
+    "portal.middleware.ContentSecurityPolicyMiddleware",
     "portal.url_keys.KeysInUrlMiddleware",
     "portal.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -74,6 +76,43 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# --- Security headers and HTTPS -------------------------------------------------
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# The dashboard and the API docs load only the portal's own files (vendored htmx, Chart.js, Swagger UI);
+# no inline script anywhere. The two style hashes admit exactly the <style> that htmx 2.0.11 adds for its
+# indicators and the one in drf-spectacular's Swagger UI page; Chart.js sizes canvases through the CSSOM,
+# which style-src does not govern. data: images for Swagger UI's icons; 'self' in connect-src covers the
+# same-origin websockets (/ws/dashboard/, /ws/chat/).
+_STYLE_HASHES = "'sha256-faU7yAF8NxuMTNEwVmBz+VcYeIoBQ2EMHW3WaVxCvnk=' 'sha256-MMpT0iDxyjALd9PdfepImGX3DBfJPXZ4IlDWdPAgtn0='"
+CONTENT_SECURITY_POLICY = os.environ.get(
+    "PORTAL_CONTENT_SECURITY_POLICY",
+    f"default-src 'self'; script-src 'self'; style-src 'self' {_STYLE_HASHES}; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'",
+)
+# PORTAL_HTTPS=1: the portal is reached over HTTPS only (TLS ends at the portal or at a proxy in front).
+PORTAL_HTTPS = env_bool("PORTAL_HTTPS")
+if PORTAL_HTTPS:
+    SECURE_SSL_REDIRECT = True
+    # Probes and scrapers on the private network speak plain HTTP: no redirect for them.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = int(os.environ.get("PORTAL_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("PORTAL_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("PORTAL_HSTS_PRELOAD")
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading is a promise to browsers that is slow to take back: the operator opts in by name,
+        # and not opting in is no deployment fault.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # A TLS-terminating proxy in front (nginx) says so in X-Forwarded-Proto; it must set the header itself
+    # and never pass a client's through.
+    if env_bool("PORTAL_BEHIND_PROXY", True):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 ROOT_URLCONF = "portal.urls"
 ASGI_APPLICATION = "portal.asgi.application"
@@ -207,6 +246,9 @@ PORTAL_KEY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("PORTAL_KEY_RATE_LIMIT_PER
 PORTAL_LOGIN_MAX_FAILURES = int(os.environ.get("PORTAL_LOGIN_MAX_FAILURES", "5"))
 PORTAL_LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("PORTAL_LOGIN_MAX_FAILURES_PER_IP", "30"))
 PORTAL_LOGIN_LOCKOUT_SECONDS = int(os.environ.get("PORTAL_LOGIN_LOCKOUT_SECONDS", "900"))
+
+# /metrics answers loopback without proxy headers, or anyone sending `Authorization: Bearer <this>`.
+PORTAL_METRICS_TOKEN = os.environ.get("PORTAL_METRICS_TOKEN", "")
 
 LOGGING = {
     "version": 1,

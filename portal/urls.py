@@ -1,16 +1,19 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from portal import sse
+from portal import health, metrics, sse
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("", include("accounts.urls")),
     path("", include("tokens.urls")),
     path("v1/models", sse.models, name="models"),
     path("proxy/hf/<path:path>", sse.proxy, name="proxy"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     # /admin/ is the portal's REST API; Django's own admin site lives here.
     path("django-admin/", admin.site.urls),
     # The dashboard last, so no page of it can shadow an API path.
