@@ -132,6 +132,7 @@ def start_portal(procs: Processes, workdir: Path, standin: str, tokens: int = 20
         HF_API_BASE=standin,
         HF_INFERENCE_BASE_URL=f"{standin}/v1",
         PORTAL_MAX_CONCURRENT_REQUESTS="2000",
+        PORTAL_KEY_RATE_LIMIT_PER_MINUTE="0",  # one key drives the whole benchmark
         LOG_LEVEL="WARNING",
         DJANGO_SETTINGS_MODULE="portal.settings",
         **env_extra,

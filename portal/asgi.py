@@ -12,6 +12,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from portal import live, sse  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
+from portal.url_keys import refuse_keys_in_url  # noqa: E402
 
 # Served as bare ASGI apps, before Django's request handling (see portal.sse.chat_completions).
 BARE_HTTP_PATHS = {"/v1/chat/completions": sse.chat_completions}
@@ -23,8 +24,8 @@ async def http_application(scope, receive, send):
 
 router = ProtocolTypeRouter(
     {
-        "http": http_application,
-        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        "http": refuse_keys_in_url(http_application),
+        "websocket": refuse_keys_in_url(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 

@@ -21,6 +21,7 @@ from accounts import selectors as account_selectors
 from accounts.authentication import bearer_key_from_header
 from accounts.permissions import SESSION_ORGANIZATION_KEY
 from portal.errors import describe_api_exception, validation_message
+from portal.rate_limit import RateLimited, acheck_key_rate
 from tokens import relay
 from tokens.chat import ChatCaller, caller_from_key, chat_pool, ensure_may_chat, load_json, parse_chat_request
 from tokens.limits import stream_permit
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_RATE_LIMITED = 4429
 MAX_ID_LENGTH = 100
 
 
@@ -41,7 +43,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.streams: dict[str, asyncio.Task] = {}
         try:
             self.caller = await self._authenticate()
+            await acheck_key_rate(self.caller.api_key.pk if self.caller.api_key else None)
             ensure_may_chat(self.caller)
+        except RateLimited:
+            return await self.close(code=CLOSE_RATE_LIMITED)
         except exceptions.NotAuthenticated:
             return await self.close(code=CLOSE_UNAUTHENTICATED)
         except exceptions.APIException as exc:
@@ -110,6 +115,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _stream(self, request_id: str, body: dict, pool_name: str) -> None:
         caller = self.caller
         try:
+            await acheck_key_rate(caller.api_key.pk if caller.api_key else None)
             pool = await chat_pool(caller, pool_name)
             async with stream_permit(
                 organization_id=caller.organization.pk, api_key_id=caller.api_key.pk if caller.api_key else None

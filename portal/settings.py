@@ -240,7 +240,7 @@ PORTAL_KEY_TOUCH_INTERVAL = int(os.environ.get("PORTAL_KEY_TOUCH_INTERVAL", "60"
 # database again. Changes made on the same worker apply at once; 0 asks every time.
 PORTAL_AUTH_CACHE_SECONDS = float(os.environ.get("PORTAL_AUTH_CACHE_SECONDS", "5"))
 # Requests per minute one API key may make (a sliding window, across workers when REDIS_URL is set); 0: off.
-PORTAL_KEY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("PORTAL_KEY_RATE_LIMIT_PER_MINUTE", "600"))
+PORTAL_KEY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("PORTAL_KEY_RATE_LIMIT_PER_MINUTE", "6000"))
 # Dashboard logins: after this many failures for one username (or PORTAL_LOGIN_MAX_FAILURES_PER_IP from one
 # address) within PORTAL_LOGIN_LOCKOUT_SECONDS, further attempts are refused until that window has passed.
 PORTAL_LOGIN_MAX_FAILURES = int(os.environ.get("PORTAL_LOGIN_MAX_FAILURES", "5"))

@@ -15,6 +15,7 @@ from rest_framework import exceptions
 from accounts.authentication import bearer_key_from_header
 from portal.bare_asgi import AsgiExchange, ClientGone
 from portal.errors import api_exception_response, describe_api_exception, error_payload, error_response
+from portal.rate_limit import acheck_key_rate
 from tokens import relay
 from tokens.chat import caller_from_key, chat_context, ensure_may_chat, load_json, parse_chat_request
 from tokens.limits import stream_permit
@@ -56,6 +57,7 @@ async def chat_completions(scope, receive, send):
         raw_key = _raw_key(exchange.header("authorization"))
         body, pool_name = parse_chat_request(load_json(raw_body))
         caller, pool = await chat_context(raw_key, pool_name or exchange.header("x-portal-pool"))
+        await acheck_key_rate(caller.api_key.pk)
         permit = await _stream_permit_for(caller)
     except exceptions.APIException as exc:
         payload, headers = describe_api_exception(exc)
@@ -105,6 +107,7 @@ async def models(request):
         return refused
     try:
         caller = await caller_from_key(_raw_key(request.headers.get("Authorization", "")))
+        await acheck_key_rate(caller.api_key.pk)
         ensure_may_chat(caller)
     except exceptions.APIException as exc:
         return api_exception_response(exc)
@@ -119,6 +122,7 @@ async def proxy(request, path: str):
         caller, pool = await chat_context(
             _raw_key(request.headers.get("Authorization", "")), request.headers.get("X-Portal-Pool", "")
         )
+        await acheck_key_rate(caller.api_key.pk)
         permit = await _stream_permit_for(caller)
     except exceptions.APIException as exc:
         return api_exception_response(exc)
