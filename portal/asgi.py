@@ -10,7 +10,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from portal import live, sse  # noqa: E402
+from portal import live, metrics, sse  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
 from portal.url_keys import refuse_keys_in_url  # noqa: E402
 
@@ -24,7 +24,8 @@ async def http_application(scope, receive, send):
 
 router = ProtocolTypeRouter(
     {
-        "http": refuse_keys_in_url(http_application),
+        # Django's middleware times Django's requests; the bare paths are timed here (to their headers).
+        "http": refuse_keys_in_url(metrics.asgi_request_metrics(http_application, {path: path for path in BARE_HTTP_PATHS})),
         "websocket": refuse_keys_in_url(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

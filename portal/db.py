@@ -7,7 +7,9 @@ pays for opening one; a connection that failed is dropped and reopened on the ne
 """
 
 import asyncio
+import contextlib
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
@@ -36,6 +38,20 @@ def on_db_threads(func):
         return await asyncio.get_running_loop().run_in_executor(_executor, _run_and_tidy, func, args, kwargs)
 
     return on_a_database_thread
+
+
+def close_thread_connections() -> None:
+    """Close every database thread's own connection (when a test database is about to be dropped). Each
+    task holds its thread at a barrier until all have run, so each lands on a thread of its own."""
+    barrier = threading.Barrier(_threads)
+
+    def close_mine():
+        connections.close_all()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=5)
+
+    for closing in [_executor.submit(close_mine) for _ in range(_threads)]:
+        closing.result()
 
 
 def unique_or_none(queryset):

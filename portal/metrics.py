@@ -37,7 +37,7 @@ REQUEST_LATENCY = Histogram(
 def _active_streams() -> int:
     from tokens import limits
 
-    return limits._local["worker"]  # the relay's own permit count: streams this worker carries now
+    return limits.worker_streams()
 
 
 ACTIVE_STREAMS = Gauge("portal_active_streams", "Chat streams (SSE and websocket) this worker carries now.")

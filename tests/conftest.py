@@ -199,12 +199,9 @@ def live_org(live_portal):
 def close_database_thread_connections():
     """The async side's database threads keep their connections; close them so the test database can go."""
     yield
-    from asgiref.sync import async_to_sync
-    from django.db import connections
+    from portal.db import close_thread_connections
 
-    from portal.db import on_db_threads
-
-    async_to_sync(on_db_threads(connections.close_all))()
+    close_thread_connections()
 
 
 @pytest.fixture(autouse=True)

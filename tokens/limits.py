@@ -105,6 +105,11 @@ def _limits(organization_id: int, api_key_id: int | None) -> list[tuple[str, int
     return [(key, limit) for key, limit in limits if limit > 0]
 
 
+def worker_streams() -> int:
+    """Streams this worker carries now."""
+    return _local["worker"]
+
+
 @contextlib.asynccontextmanager
 async def stream_permit(*, organization_id: int, api_key_id: int | None = None):
     """Hold a permit for one stream, or raise Overloaded at once."""

@@ -197,6 +197,16 @@ async def test_the_bare_asgi_door_can_be_timed_from_outside():
     assert REGISTRY.get_sample_value("portal_http_request_duration_seconds_count", labels) == before + 1
 
 
+def test_the_live_chat_door_shows_up_in_the_latency_metrics(live_org):
+    import httpx
+
+    bad = httpx.post(f"{live_org.url}/v1/chat/completions", json={"model": ""}, headers={"Authorization": f"Bearer {live_org.user_key}"})
+    assert bad.status_code == 400
+
+    scraped = httpx.get(f"{live_org.url}/metrics").text  # from loopback, no proxy headers: allowed
+    assert 'portal_http_request_duration_seconds_count{method="POST",route="/v1/chat/completions",status="400"}' in scraped
+
+
 @pytest.mark.django_db
 def test_metrics_are_refused_from_outside_without_the_token(settings):
     settings.PORTAL_METRICS_TOKEN = "metrics-token-for-tests"
