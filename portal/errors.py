@@ -7,6 +7,7 @@ error_type); the handler turns every one of them into that shape. Plain Django
 
 import logging
 
+from django import db
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -30,6 +31,23 @@ class Conflict(PortalError):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "The request conflicts with the current state."
     error_type = "conflict"
+
+
+class DatabaseUnavailable(PortalError):
+    """The database cannot be reached (restarting, failing over): a clear, quick 503, never a 500."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The database is unavailable; try again in a moment."
+    error_type = "database_unavailable"
+    wait = 1  # Retry-After
+
+
+DATABASE_DOWN = (db.OperationalError, db.InterfaceError)  # the database is down, restarting or failing over
+
+
+def database_unavailable(exc: Exception) -> DatabaseUnavailable:
+    logger.warning("database unavailable: %s", type(exc).__name__)
+    return DatabaseUnavailable()
 
 
 _ERROR_TYPES = [
@@ -81,6 +99,8 @@ def api_exception_handler(exc, context):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, DjangoValidationError):  # a model's full_clean() in a service
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+    elif isinstance(exc, DATABASE_DOWN):
+        exc = database_unavailable(exc)
     if not isinstance(exc, exceptions.APIException):
         return None  # unexpected: Django logs it and handler500 answers in JSON
     payload, headers = describe_api_exception(exc)

@@ -14,7 +14,9 @@ from rest_framework import exceptions
 
 from accounts.authentication import bearer_key_from_header
 from portal.bare_asgi import AsgiExchange, ClientGone
-from portal.errors import api_exception_response, describe_api_exception, error_payload, error_response
+from portal.errors import (
+    DATABASE_DOWN, api_exception_response, database_unavailable, describe_api_exception, error_payload, error_response,
+)
 from portal.rate_limit import acheck_key_rate
 from tokens import relay
 from tokens.chat import caller_from_key, chat_context, ensure_may_chat, load_json, parse_chat_request
@@ -59,9 +61,10 @@ async def chat_completions(scope, receive, send):
         caller, pool = await chat_context(raw_key, pool_name or exchange.header("x-portal-pool"))
         await acheck_key_rate(caller.api_key.pk)
         permit = await _stream_permit_for(caller)
-    except exceptions.APIException as exc:
-        payload, headers = describe_api_exception(exc)
-        return await exchange.send_json(payload, exc.status_code, headers)
+    except (exceptions.APIException, *DATABASE_DOWN) as exc:
+        refusal = database_unavailable(exc) if isinstance(exc, DATABASE_DOWN) else exc
+        payload, headers = describe_api_exception(refusal)
+        return await exchange.send_json(payload, refusal.status_code, headers)
     except ClientGone:
         return
     events = relay.stream_chat(

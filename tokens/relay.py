@@ -21,6 +21,7 @@ import httpx
 from django.conf import settings
 
 from portal.db import on_db_threads
+from portal.errors import DATABASE_DOWN, database_unavailable
 from portal.redact import redact_secrets
 from tokens import services
 from tokens.models import TokenPool
@@ -227,6 +228,10 @@ async def _with_rotation(*, organization, user, api_key, pool: TokenPool, attemp
             grant = await _lease(organization=organization, pool=pool, user=user, api_key=api_key, client_name="relay")
         except services.NoTokenAvailable as exc:
             yield last_failure or Failed(str(exc.detail), exc.error_type, exc.status_code, retry_after=exc.wait)
+            return
+        except DATABASE_DOWN as exc:
+            down = database_unavailable(exc)
+            yield Failed(str(down.detail), down.error_type, down.status_code, retry_after=down.wait)
             return
         report = {"organization": organization, "token_id": grant.token.pk, "lease_id": grant.lease.pk, "user": user}
         started = False

@@ -719,3 +719,17 @@ async def test_a_session_socket_must_come_from_this_very_host_and_port(organizat
     await communicator.disconnect()
 
     assert connected is accepted
+
+
+@in_process
+async def test_a_database_that_is_down_is_a_clear_chat_error_and_the_socket_stays(standin, user_key, good_token, monkeypatch):
+    from django.db import OperationalError
+
+    async def database_gone(**kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(relay, "_lease", database_gone)
+        async with chat_socket(bearer(user_key)) as socket:
+            [error] = await socket.chat(request_frame("down", "hi there"))
+    assert (error["type"], error["error_type"], error["retry_after"]) == ("chat.error", "database_unavailable", 1)

@@ -51,3 +51,41 @@ def test_a_report_with_an_id_no_row_can_have_is_refused_not_a_crash(member, clie
 
     assert response.status_code == 400 and response.json()["error_type"] == "validation"
     assert field in response.json()["fields"]
+
+
+def test_a_database_that_fails_mid_request_is_a_quick_503_not_a_500(member, client_for, make_token, organization, monkeypatch):
+    from django.db import OperationalError
+
+    from tokens import services
+
+    _, key = member
+    make_token(organization)
+
+    def database_gone(**kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "lease_token", database_gone)
+    response = client_for(key).get("/keys/provision/hf")
+
+    assert response.status_code == 503
+    assert response.json()["error_type"] == "database_unavailable"
+    assert response["Retry-After"] == "1"
+
+
+async def test_the_bare_chat_door_answers_503_when_the_database_is_down(monkeypatch):
+    import httpx
+    from django.db import InterfaceError
+
+    from portal import sse
+    from portal.asgi import application
+
+    async def database_gone(raw_key, pool_name):
+        raise InterfaceError("connection already closed")
+
+    monkeypatch.setattr(sse, "chat_context", database_gone)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://localhost") as client:
+        response = await client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer pk_whatever_key"})
+
+    assert response.status_code == 503
+    assert response.json()["error_type"] == "database_unavailable" and response.headers["retry-after"] == "1"
