@@ -40,6 +40,21 @@ def on_db_threads(func):
     return on_a_database_thread
 
 
+_sqlite_writer = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_writer_at_a_time():
+    """Around a write transaction. SQLite lets one writer in at a time, and the others wait in its busy
+    handler, which sleeps with a growing back-off: under 32 concurrent leases that turned a p50 of
+    0.3 s into a p99 of seconds. This process's writers queue on a lock instead. PostgreSQL locks rows."""
+    if connection.vendor != "sqlite":
+        yield
+        return
+    with _sqlite_writer:
+        yield
+
+
 def close_thread_connections() -> None:
     """Close every database thread's own connection (when a test database is about to be dropped). Each
     task holds its thread at a barrier until all have run, so each lands on a thread of its own."""

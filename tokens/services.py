@@ -14,7 +14,7 @@ from rest_framework import exceptions
 from accounts.audit import audit_record
 from accounts.models import ApiKey, Organization, User
 from portal import live
-from portal.db import db_value, first_row, insert_row, lock_rows_of, save_fields
+from portal.db import db_value, first_row, insert_row, lock_rows_of, one_writer_at_a_time, save_fields
 from portal.errors import Conflict, PortalError
 from portal.redact import redact_secrets
 from tokens import hf_api, selectors
@@ -297,7 +297,7 @@ def lease_token(
     """Take the pool's next token by its strategy, atomically, and open a lease on it."""
     now = now or timezone.now()
     leases_expire_overdue(now=now)
-    with transaction.atomic():
+    with one_writer_at_a_time(), transaction.atomic():
         token = _lock_next_token(pool, now)
         if token is None:
             raise NoTokenAvailable(pool, selectors.seconds_until_token_returns(pool, now))
@@ -526,7 +526,7 @@ def report_outcome(
         error_type = None
     elif blame_token and error_type not in ErrorType.ALL:
         error_type = classify_error(error)
-    with transaction.atomic():
+    with one_writer_at_a_time(), transaction.atomic():
         token = first_row(  # lock the token only, never its pool
             HFToken, "organization_id = %s AND id = %s", [organization.pk, token_id], lock=lock_rows_of(HFToken)
         )
