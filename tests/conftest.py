@@ -134,6 +134,36 @@ def make_token(db):
     return make
 
 
+def prepared_portal_env(var_dir, standin_url: str, admin_key: str, **extra: str) -> dict:
+    """The environment of a portal worker a test starts (and may kill) itself, on a database migrated and
+    bootstrapped in var_dir (SQLite, or DATABASE_URL's on the PostgreSQL run, unless extra says otherwise)."""
+    env = {
+        **os.environ,
+        "PORTAL_VAR_DIR": str(var_dir),
+        "PORTAL_ADMIN_API_KEY": admin_key,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "HF_API_BASE": standin_url,
+        "HF_INFERENCE_BASE_URL": f"{standin_url}/v1",
+        **extra,
+    }
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], env=env, check=True)
+    subprocess.run([sys.executable, "manage.py", "bootstrap"], env=env, check=True, stdout=subprocess.DEVNULL)
+    return env
+
+
+def start_portal_worker(env: dict, log_path) -> subprocess.Popen:
+    """One daphne worker in its own process group (so a test can SIGKILL it whole); `.url` is its address."""
+    port = free_port()
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    wait_for_port(port)
+    process.url = f"http://127.0.0.1:{port}"
+    return process
+
+
 LIVE_ADMIN_KEY = "pk_live_portal_admin_key_for_tests_0123456789"
 LIVE_ADMIN_PASSWORD = "live-portal-admin-password-for-tests"  # the bootstrap superuser "admin" logs in with it
 LIVE_MAX_CONCURRENT = 8

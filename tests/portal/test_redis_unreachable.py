@@ -4,15 +4,13 @@ their live events) and says so in its log, but leasing and chat keep answering, 
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import httpx
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import prepared_portal_env, start_portal_worker
 
 ADMIN_KEY = "pk_redis_down_admin_key_0123456789abcdefgh"
 QUICK = 5.0  # seconds any answer may take with Redis gone
@@ -20,29 +18,16 @@ QUICK = 5.0  # seconds any answer may take with Redis gone
 
 def test_with_redis_unreachable_leasing_and_chat_still_answer_quickly(standin_url, tmp_path):
     with socket_that_refuses() as dead_port:
-        env = {
-            **os.environ,
-            "PORTAL_VAR_DIR": str(tmp_path),
-            "PORTAL_ADMIN_API_KEY": ADMIN_KEY,
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "HF_API_BASE": standin_url,
-            "HF_INFERENCE_BASE_URL": f"{standin_url}/v1",
-            "REDIS_URL": f"redis://127.0.0.1:{dead_port}/0",
-            "PORTAL_KEY_MAX_CONCURRENT_REQUESTS": "4",
-        }
-        env.pop("DATABASE_URL", None)  # its own SQLite: this test is about Redis
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], env=env, check=True)
-        subprocess.run([sys.executable, "manage.py", "bootstrap"], env=env, check=True, stdout=subprocess.DEVNULL)
-        port = free_port()
+        env = prepared_portal_env(
+            tmp_path, standin_url, ADMIN_KEY,
+            REDIS_URL=f"redis://127.0.0.1:{dead_port}/0",
+            PORTAL_KEY_MAX_CONCURRENT_REQUESTS="4",
+            DATABASE_URL="",  # its own SQLite: this test is about Redis
+        )
         log_path = tmp_path / "daphne.log"
-        with open(log_path, "w") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        worker = start_portal_worker(env, log_path)
         try:
-            wait_for_port(port)
-            url = f"http://127.0.0.1:{port}"
+            url = worker.url
             headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
             with httpx.Client(base_url=url, headers=headers, timeout=QUICK) as client:
                 client.post("/admin/tokens", json={"token": f"hf_redis_ok_{uuid.uuid4().hex}"}).raise_for_status()
@@ -62,7 +47,7 @@ def test_with_redis_unreachable_leasing_and_chat_still_answer_quickly(standin_ur
                 assert chat.json()["choices"][0]["message"]["content"] == "Echo: still"
                 assert time.monotonic() - started < QUICK
 
-            with ws_connect(f"ws://127.0.0.1:{port}/ws/chat/", additional_headers=headers, open_timeout=QUICK) as socket:
+            with ws_connect(f"{url.replace('http', 'ws', 1)}/ws/chat/", additional_headers=headers, open_timeout=QUICK) as socket:
                 socket.send(json.dumps({"type": "chat.request", "id": "r", **body}))
                 kinds = []
                 while not kinds or kinds[-1] not in ("chat.end", "chat.error"):

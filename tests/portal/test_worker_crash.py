@@ -4,32 +4,17 @@ if nothing had happened. Nothing stays stuck."""
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
 
 import httpx
-import pytest
 
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import prepared_portal_env, start_portal_worker
 
 ADMIN_KEY = "pk_crash_test_admin_key_0123456789abcdefgh"
 LEASE_TTL = 8  # long enough for the replacement worker to start before the leases expire
 HEARTBEAT = 1.0  # so shared counts go stale 3 s after their worker died
-
-
-def start_worker(env: dict, log_path) -> subprocess.Popen:
-    port = free_port()
-    log = open(log_path, "a")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    wait_for_port(port)
-    process.url = f"http://127.0.0.1:{port}"
-    return process
 
 
 def hold_stream(url: str, key: str, started: threading.Event) -> None:
@@ -45,20 +30,13 @@ def hold_stream(url: str, key: str, started: threading.Event) -> None:
 
 
 def test_a_worker_killed_mid_stream_leaves_nothing_stuck(standin_url, tmp_path):
-    env = {
-        **os.environ,
-        "PORTAL_VAR_DIR": str(tmp_path),
-        "PORTAL_ADMIN_API_KEY": ADMIN_KEY,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "HF_API_BASE": standin_url,
-        "HF_INFERENCE_BASE_URL": f"{standin_url}/v1",
-        "PORTAL_LEASE_TTL": str(LEASE_TTL),
-        "PORTAL_KEY_MAX_CONCURRENT_REQUESTS": "2",
-        "PORTAL_STREAM_HEARTBEAT_SECONDS": str(HEARTBEAT),
-    }
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], env=env, check=True)
-    subprocess.run([sys.executable, "manage.py", "bootstrap"], env=env, check=True, stdout=subprocess.DEVNULL)
-    worker = start_worker(env, tmp_path / "worker-a.log")
+    env = prepared_portal_env(
+        tmp_path, standin_url, ADMIN_KEY,
+        PORTAL_LEASE_TTL=str(LEASE_TTL),
+        PORTAL_KEY_MAX_CONCURRENT_REQUESTS="2",
+        PORTAL_STREAM_HEARTBEAT_SECONDS=str(HEARTBEAT),
+    )
+    worker = start_portal_worker(env, tmp_path / "worker-a.log")
     replacement = None
     try:
         slug = f"crash-{uuid.uuid4().hex[:8]}"
@@ -79,7 +57,7 @@ def test_a_worker_killed_mid_stream_leaves_nothing_stuck(standin_url, tmp_path):
         worker.wait(timeout=10)
         killed_at = time.monotonic()
 
-        replacement = start_worker(env, tmp_path / "worker-b.log")
+        replacement = start_portal_worker(env, tmp_path / "worker-b.log")
         org = httpx.Client(base_url=replacement.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
         chat = {"model": "standin/echo", "messages": [{"role": "user", "content": "hello again"}], "max_tokens": 2}
 
