@@ -12,6 +12,9 @@ from accounts.keys import digest_api_key
 from accounts.models import ApiKey
 
 
+BEARER_CHALLENGE = 'Bearer realm="portal"'  # WWW-Authenticate on a 401
+
+
 def authenticate_api_key(raw_key: str) -> ApiKey:
     """The active key for this string, or AuthenticationFailed (401) / PermissionDenied (403)."""
     digest = digest_api_key(raw_key)
@@ -56,4 +59,4 @@ class ApiKeyAuthentication(BaseAuthentication):
         return api_key.membership.user, api_key
 
     def authenticate_header(self, request):
-        return 'Bearer realm="portal"'
+        return BEARER_CHALLENGE

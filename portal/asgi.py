@@ -10,12 +10,18 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from portal import live, metrics, sse  # noqa: E402
+from portal import lease_door, live, metrics, sse  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
 from portal.url_keys import refuse_keys_in_url  # noqa: E402
 
-# Served as bare ASGI apps, before Django's request handling (see portal.sse.chat_completions).
-BARE_HTTP_PATHS = {"/v1/chat/completions": sse.chat_completions}
+# The hot paths, served as bare ASGI apps before Django's request handling (see portal.sse, portal.lease_door).
+BARE_HTTP_PATHS = {
+    "/v1/chat/completions": sse.chat_completions,
+    "/keys/provision/hf": lease_door.provision,
+    "/keys/provision": lease_door.provision,
+    "/keys/report/hf": lease_door.report,
+    "/keys/report": lease_door.report,
+}
 
 
 async def http_application(scope, receive, send):

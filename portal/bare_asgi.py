@@ -6,7 +6,10 @@ import contextlib
 import json
 import logging
 
-from portal.errors import PortalError, error_payload
+from rest_framework import exceptions
+
+from accounts.authentication import BEARER_CHALLENGE
+from portal.errors import DATABASE_DOWN, PortalError, database_unavailable, describe_api_exception, error_payload
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,17 @@ class AsgiExchange:
 
     async def send_json(self, payload: dict, status: int, headers: dict | None = None) -> None:
         await self.send_bytes(json.dumps(payload).encode(), "application/json", status, headers)
+
+    async def send_method_not_allowed(self, allowed: str) -> None:
+        await self.send_json(error_payload(f"Use {allowed}.", "method_not_allowed"), 405, {"Allow": allowed})
+
+    async def send_refusal(self, exc: Exception) -> None:
+        """An API exception, or a database that is down, answered as a DRF view would have answered it."""
+        refusal = database_unavailable(exc) if isinstance(exc, DATABASE_DOWN) else exc
+        if isinstance(refusal, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+            refusal.auth_header = BEARER_CHALLENGE
+        payload, headers = describe_api_exception(refusal)
+        await self.send_json(payload, refusal.status_code, headers)
 
     async def until_disconnected(self, work) -> None:
         """Run `work` (the whole answer) to its end, or cancel it the moment the client hangs up. A bug in

@@ -23,7 +23,8 @@ from accounts.permissions import SESSION_ORGANIZATION_KEY
 from portal.errors import describe_api_exception, validation_message
 from portal.rate_limit import RateLimited, acheck_key_rate
 from tokens import relay
-from tokens.chat import ChatCaller, caller_from_key, chat_pool, ensure_may_chat, load_json, parse_chat_request
+from tokens.callers import Caller, caller_pool, known_caller
+from tokens.chat import ensure_may_chat, load_json, parse_chat_request
 from tokens.limits import stream_permit
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return await self.close(code=CLOSE_UNAUTHENTICATED if exc.status_code == 401 else CLOSE_FORBIDDEN)
         await self.accept()
 
-    async def _authenticate(self) -> ChatCaller:
+    async def _authenticate(self) -> Caller:
         """A program's Bearer key (no Origin needed), or the dashboard session from an allowed origin."""
         headers = dict(self.scope["headers"])
         raw_key = bearer_key_from_header(headers.get(b"authorization", b""))
         if raw_key is not None:
-            return await caller_from_key(raw_key)
+            return await known_caller(raw_key)
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             raise exceptions.NotAuthenticated()
@@ -71,7 +72,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
         if membership is None:
             raise exceptions.PermissionDenied("You are not a member of any active organization.")
-        return ChatCaller(membership, None)
+        return Caller(membership, None)
 
     async def disconnect(self, code):
         for task in list(self.streams.values()):
@@ -116,7 +117,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         caller = self.caller
         try:
             await acheck_key_rate(caller.api_key.pk if caller.api_key else None)
-            pool = await chat_pool(caller, pool_name)
+            pool = await caller_pool(caller, pool_name)
             async with stream_permit(
                 organization_id=caller.organization.pk, api_key_id=caller.api_key.pk if caller.api_key else None
             ):

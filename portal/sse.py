@@ -12,24 +12,15 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
-from accounts.authentication import bearer_key_from_header
 from portal.bare_asgi import AsgiExchange, ClientGone
-from portal.errors import (
-    DATABASE_DOWN, api_exception_response, database_unavailable, describe_api_exception, error_payload, error_response,
-)
+from portal.errors import DATABASE_DOWN, api_exception_response, error_payload, error_response
 from portal.rate_limit import acheck_key_rate
 from tokens import relay
-from tokens.chat import caller_from_key, chat_context, ensure_may_chat, load_json, parse_chat_request
+from tokens.callers import known_caller, raw_key_from
+from tokens.chat import chat_context, ensure_may_chat, load_json, parse_chat_request
 from tokens.limits import stream_permit
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def _raw_key(authorization: str) -> str:
-    raw_key = bearer_key_from_header(authorization.encode("latin-1"))
-    if raw_key is None:
-        raise exceptions.NotAuthenticated("Send your portal API key as `Authorization: Bearer <key>`.")
-    return raw_key
 
 
 def _method_not_allowed(request, allowed: str) -> HttpResponse | None:
@@ -53,18 +44,16 @@ async def chat_completions(scope, receive, send):
     more than the relay itself. It answers exactly as a view would, errors included."""
     exchange = AsgiExchange(scope, receive, send)
     if scope["method"] != "POST":
-        return await exchange.send_json(error_payload("Use POST.", "method_not_allowed"), 405, {"Allow": "POST"})
+        return await exchange.send_method_not_allowed("POST")
     try:
         raw_body = await exchange.read_body(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
-        raw_key = _raw_key(exchange.header("authorization"))
+        raw_key = raw_key_from(exchange.header("authorization"))
         body, pool_name = parse_chat_request(load_json(raw_body))
         caller, pool = await chat_context(raw_key, pool_name or exchange.header("x-portal-pool"))
         await acheck_key_rate(caller.api_key.pk)
         permit = await _stream_permit_for(caller)
     except (exceptions.APIException, *DATABASE_DOWN) as exc:
-        refusal = database_unavailable(exc) if isinstance(exc, DATABASE_DOWN) else exc
-        payload, headers = describe_api_exception(refusal)
-        return await exchange.send_json(payload, refusal.status_code, headers)
+        return await exchange.send_refusal(exc)
     except ClientGone:
         return
     events = relay.stream_chat(
@@ -109,7 +98,7 @@ async def models(request):
     if refused := _method_not_allowed(request, "GET"):
         return refused
     try:
-        caller = await caller_from_key(_raw_key(request.headers.get("Authorization", "")))
+        caller = await known_caller(raw_key_from(request.headers.get("Authorization", "")))
         await acheck_key_rate(caller.api_key.pk)
         ensure_may_chat(caller)
     except exceptions.APIException as exc:
@@ -123,7 +112,7 @@ async def proxy(request, path: str):
     """/proxy/hf/<path>: any Hugging Face call, relayed as it is, with a pooled token as its credentials."""
     try:
         caller, pool = await chat_context(
-            _raw_key(request.headers.get("Authorization", "")), request.headers.get("X-Portal-Pool", "")
+            raw_key_from(request.headers.get("Authorization", "")), request.headers.get("X-Portal-Pool", "")
         )
         await acheck_key_rate(caller.api_key.pk)
         permit = await _stream_permit_for(caller)

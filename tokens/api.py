@@ -12,6 +12,7 @@ from portal.pagination import paginated
 from tokens import selectors, services
 from tokens.models import TokenPool
 from tokens.serializers import (
+    PROVISION_HEADERS,
     PoolInput,
     PoolOutput,
     PoolUpdateInput,
@@ -30,6 +31,9 @@ from tokens.serializers import (
     TokenUpdateInput,
     UsageInput,
     UsageOutput,
+    provision_answer,
+    report_answer,
+    report_arguments,
 )
 
 # --- The client contract: hf_token_utils' get_proxy_token and report_token_status -----------------
@@ -51,15 +55,7 @@ class ProvisionApi(TenantAPIView):
             organization=self.organization, pool=pool, user=request.user, api_key=self.api_key,
             client_name=query["client_name"],
         )
-        payload = {
-            "token": grant.secret,
-            "token_id": str(grant.token.pk),
-            "lease_id": grant.lease.pk,
-            "pool": pool.name,
-            "expires_at": grant.lease.expires_at,
-        }
-        # The body holds a secret: no cache anywhere may keep it.
-        return Response(ProvisionOutput(payload).data, headers={"Cache-Control": "no-store"})
+        return Response(provision_answer(grant, pool), headers=PROVISION_HEADERS)
 
 
 class ReportApi(TenantAPIView):
@@ -71,26 +67,11 @@ class ReportApi(TenantAPIView):
         summary="Report how a leased token did (hf_token_utils.report_token_status)",
     )
     def post(self, request):
-        data = ReportInput.validated(request.data)
         result = services.report_outcome(
-            organization=self.organization,
-            token_id=data["token_id"],
-            success=data["status"] == "success",
-            error=data["error"] or "",
-            error_type=data["error_type"] or None,
-            client_name=data["client_name"] or "",
-            lease_id=data["lease_id"],
-            user=request.user,
-            api_key=self.api_key,
+            organization=self.organization, user=request.user, api_key=self.api_key,
+            **report_arguments(ReportInput.validated(request.data)),
         )
-        return Response(
-            {
-                "ok": True,
-                "token_status": result.token.status,
-                "lease_id": result.lease.pk if result.lease else None,
-                "duplicate": result.duplicate,
-            }
-        )
+        return Response(report_answer(result))
 
 
 # --- Pools ---------------------------------------------------------------------------------------

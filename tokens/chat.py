@@ -1,34 +1,13 @@
-"""What both chat front doors share: who is asking, and whether their chat request is well formed."""
+"""What both chat front doors share: whether a chat request is well formed, and who may chat."""
 
 import json
 import re
-from dataclasses import dataclass
-from datetime import timedelta
 
-from django.conf import settings
-from django.utils import timezone
 from rest_framework import exceptions
 
-from accounts.authentication import authenticate_api_key
-from accounts.keys import digest_api_key
-from accounts.models import ApiKey, Membership
-from accounts.permissions import membership_has
 from accounts.roles import Perm
-from portal.cache import RecentCache
-from portal.db import on_db_threads
-from tokens import services
+from tokens.callers import Caller, caller_pool, ensure_caller_may, known_caller
 from tokens.models import TokenPool
-
-
-@dataclass(frozen=True)
-class ChatCaller:
-    membership: Membership
-    api_key: ApiKey | None
-
-    @property
-    def organization(self):
-        return self.membership.organization
-
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 _POOL_NAME = re.compile(r"[-a-zA-Z0-9_]{1,64}")
@@ -98,64 +77,12 @@ def parse_chat_request(data) -> tuple[dict, str]:
     return body, data.get("pool", "")
 
 
-def _caller_from_key(raw_key: str) -> ChatCaller:
-    api_key = authenticate_api_key(raw_key)
-    return ChatCaller(api_key.membership, api_key)
+def ensure_may_chat(caller: Caller) -> None:
+    ensure_caller_may(caller, Perm.CHAT, "Your role does not allow chat.")
 
 
-caller_from_key = on_db_threads(_caller_from_key)
-
-
-def ensure_may_chat(caller: ChatCaller) -> None:
-    if not membership_has(caller.membership, Perm.CHAT):
-        raise exceptions.PermissionDenied("Your role does not allow chat.")
-
-
-def _chat_pool(caller: ChatCaller, pool_name: str) -> TokenPool:
-    return services.lease_pool(caller.organization, api_key=caller.api_key, pool_name=pool_name)
-
-
-_chat_pool_from_db = on_db_threads(_chat_pool)
-_recent_pools = RecentCache(settings.PORTAL_AUTH_CACHE_SECONDS)
-
-
-async def chat_pool(caller: ChatCaller, pool_name: str) -> TokenPool:
-    """_chat_pool, remembered like chat_context (a websocket asks once per chat request)."""
-    cache_key = (caller.membership.pk, caller.api_key.pk if caller.api_key else None, pool_name)
-    pool = _recent_pools.get(cache_key)
-    if pool is None:
-        pool = await _chat_pool_from_db(caller, pool_name)
-        _recent_pools.put(cache_key, pool)
-    return pool
-
-
-def _chat_context(raw_key: str, pool_name: str) -> tuple[ChatCaller, TokenPool]:
-    """Who is asking and from which pool, in one trip to the database threads."""
-    caller = _caller_from_key(raw_key)
+async def chat_context(raw_key: str, pool_name: str) -> tuple[Caller, TokenPool]:
+    """Who is asking and from which pool; from this worker's memory of the last few seconds when it can."""
+    caller = await known_caller(raw_key)
     ensure_may_chat(caller)
-    return caller, _chat_pool(caller, pool_name)
-
-
-_chat_context_from_db = on_db_threads(_chat_context)
-_recent_contexts = RecentCache(settings.PORTAL_AUTH_CACHE_SECONDS)
-
-
-async def chat_context(raw_key: str, pool_name: str) -> tuple[ChatCaller, TokenPool]:
-    """_chat_context, answered from what this worker learnt in the last PORTAL_AUTH_CACHE_SECONDS when it
-    can (portal.cache): most chat requests then never wait for the database before their lease."""
-    cache_key = (digest_api_key(raw_key), pool_name)
-    context = _recent_contexts.get(cache_key)
-    if context is not None and _still_good(context[0].api_key):
-        return context
-    context = await _chat_context_from_db(raw_key, pool_name)
-    _recent_contexts.put(cache_key, context)
-    return context
-
-
-def _still_good(api_key: ApiKey) -> bool:
-    """What can change without anyone saving a row: expiry, and a last use old enough to be recorded again."""
-    now = timezone.now()
-    touch_due = api_key.last_used_at is None or now - api_key.last_used_at >= timedelta(
-        seconds=settings.PORTAL_KEY_TOUCH_INTERVAL
-    )
-    return not touch_due and not api_key.is_expired(now)
+    return caller, await caller_pool(caller, pool_name)

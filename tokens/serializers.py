@@ -46,6 +46,45 @@ class ReportOutput(serializers.Serializer):
     duplicate = serializers.BooleanField(help_text="True when this lease had already been reported: nothing changed.")
 
 
+# The answers themselves, shared by the DRF views (tokens.api) and the bare front door (portal.lease_door).
+
+
+def provision_answer(grant, pool: TokenPool) -> dict:
+    return ProvisionOutput(
+        {
+            "token": grant.secret,
+            "token_id": str(grant.token.pk),
+            "lease_id": grant.lease.pk,
+            "pool": pool.name,
+            "expires_at": grant.lease.expires_at,
+        }
+    ).data
+
+
+PROVISION_HEADERS = {"Cache-Control": "no-store"}  # the body holds a secret: no cache anywhere may keep it
+
+
+def report_arguments(data: dict) -> dict:
+    """ReportInput's validated data as services.report_outcome's keyword arguments."""
+    return {
+        "token_id": data["token_id"],
+        "success": data["status"] == "success",
+        "error": data["error"] or "",
+        "error_type": data["error_type"] or None,
+        "client_name": data["client_name"] or "",
+        "lease_id": data["lease_id"],
+    }
+
+
+def report_answer(result) -> dict:
+    return {
+        "ok": True,
+        "token_status": result.token.status,
+        "lease_id": result.lease.pk if result.lease else None,
+        "duplicate": result.duplicate,
+    }
+
+
 # --- Pools ---------------------------------------------------------------------------------------
 
 

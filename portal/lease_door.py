@@ -1,0 +1,88 @@
+"""The client contract's two hot paths as bare ASGI apps in front of Django (portal.asgi):
+GET /keys/provision/hf and POST /keys/report/hf, and /keys/provision and /keys/report for older copies
+of hf_token_utils.
+
+Every client of the portal calls them once or twice per Hugging Face call, and Django's request handling
+(middleware hops between the event loop and its threads, a fresh database connection per request for its
+signals) cost several times the lease itself. Here a request with a key this worker saw in the last
+PORTAL_AUTH_CACHE_SECONDS goes straight to one trip to the database threads for its lease or report.
+
+They answer exactly as tokens.api's DRF views do, which stay for the OpenAPI schema and for in-process
+callers: the same checks in the same order (key, role, rate limit, input, pool), the same services and
+the same answers (tokens.serializers), errors included.
+"""
+
+from django.conf import settings
+from django.http import QueryDict
+from rest_framework import exceptions
+
+from accounts.roles import Perm
+from portal.bare_asgi import AsgiExchange, ClientGone
+from portal.db import on_db_threads
+from portal.errors import DATABASE_DOWN
+from portal.rate_limit import acheck_key_rate
+from tokens import services
+from tokens.callers import Caller, caller_pool, ensure_caller_may, known_caller, raw_key_from
+from tokens.chat import load_json
+from tokens.serializers import (
+    PROVISION_HEADERS, ProvisionInput, ReportInput, provision_answer, report_answer, report_arguments,
+)
+
+
+async def provision(scope, receive, send):
+    await _serve(AsgiExchange(scope, receive, send), "GET", _provision)
+
+
+async def report(scope, receive, send):
+    await _serve(AsgiExchange(scope, receive, send), "POST", _report)
+
+
+async def _serve(exchange: AsgiExchange, method: str, work) -> None:
+    if exchange.scope["method"] != method:
+        return await exchange.send_method_not_allowed(method)
+    try:
+        payload, headers = await work(exchange)
+    except (exceptions.APIException, *DATABASE_DOWN) as exc:
+        return await exchange.send_refusal(exc)
+    except ClientGone:
+        return
+    await exchange.send_json(payload, 200, headers)
+
+
+async def _leasing_caller(exchange: AsgiExchange) -> Caller:
+    caller = await known_caller(raw_key_from(exchange.header("authorization")))
+    ensure_caller_may(caller, Perm.LEASE_TOKENS, f"Your role does not allow this ({Perm.LEASE_TOKENS}).")
+    await acheck_key_rate(caller.api_key.pk)
+    return caller
+
+
+async def _provision(exchange: AsgiExchange) -> tuple[dict, dict]:
+    caller = await _leasing_caller(exchange)
+    query = ProvisionInput.validated(QueryDict(exchange.scope["query_string"].decode("utf-8", "replace")))
+    pool = await caller_pool(caller, query["pool"])
+    return await _lease(caller, pool, query["client_name"]), PROVISION_HEADERS
+
+
+@on_db_threads
+def _lease(caller: Caller, pool, client_name: str) -> dict:
+    grant = services.lease_token(
+        organization=caller.organization, pool=pool, user=caller.user, api_key=caller.api_key, client_name=client_name
+    )
+    return provision_answer(grant, pool)
+
+
+async def _report(exchange: AsgiExchange) -> tuple[dict, dict]:
+    caller = await _leasing_caller(exchange)
+    content_type = exchange.header("content-type")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise exceptions.UnsupportedMediaType(content_type)
+    data = ReportInput.validated(load_json(await exchange.read_body(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)))
+    return await _report_outcome(caller, data), {}
+
+
+@on_db_threads
+def _report_outcome(caller: Caller, data: dict) -> dict:
+    result = services.report_outcome(
+        organization=caller.organization, user=caller.user, api_key=caller.api_key, **report_arguments(data)
+    )
+    return report_answer(result)

@@ -1,0 +1,97 @@
+"""Who is asking, for the bare front doors (the chat relay and the client contract's lease and report):
+a portal API key's caller and the pool it draws from, remembered for PORTAL_AUTH_CACHE_SECONDS.
+
+Most requests then never wait for the database before their own work. Every cache here is emptied in this
+process whenever an account, membership, key, organization or pool is saved (portal.cache); what changes
+without a save (a key's expiry, a last use due to be recorded again) is checked on every hit.
+"""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import exceptions
+
+from accounts.authentication import authenticate_api_key, bearer_key_from_header
+from accounts.keys import digest_api_key
+from accounts.models import ApiKey, Membership
+from accounts.permissions import membership_has
+from portal.cache import RecentCache
+from portal.db import on_db_threads
+from tokens import services
+from tokens.models import TokenPool
+
+
+@dataclass(frozen=True)
+class Caller:
+    membership: Membership
+    api_key: ApiKey | None  # None for a dashboard session (the chat websocket)
+
+    @property
+    def organization(self):
+        return self.membership.organization
+
+    @property
+    def user(self):
+        return self.membership.user
+
+
+def raw_key_from(authorization: str) -> str:
+    """The portal key in an Authorization header's value, or 401."""
+    raw_key = bearer_key_from_header(authorization.encode("latin-1"))
+    if raw_key is None:
+        raise exceptions.NotAuthenticated("Send your portal API key as `Authorization: Bearer <key>`.")
+    return raw_key
+
+
+def ensure_caller_may(caller: Caller, perm: str, refusal: str) -> None:
+    if not membership_has(caller.membership, perm):
+        raise exceptions.PermissionDenied(refusal)
+
+
+def _caller_from_key(raw_key: str) -> Caller:
+    api_key = authenticate_api_key(raw_key)
+    return Caller(api_key.membership, api_key)
+
+
+caller_from_key = on_db_threads(_caller_from_key)
+_recent_callers = RecentCache(settings.PORTAL_AUTH_CACHE_SECONDS)
+
+
+async def known_caller(raw_key: str) -> Caller:
+    """caller_from_key, answered from what this worker learnt in the last PORTAL_AUTH_CACHE_SECONDS when it can."""
+    cache_key = digest_api_key(raw_key)
+    caller = _recent_callers.get(cache_key)
+    if caller is not None and _still_good(caller.api_key):
+        return caller
+    caller = await caller_from_key(raw_key)
+    _recent_callers.put(cache_key, caller)
+    return caller
+
+
+def _still_good(api_key: ApiKey) -> bool:
+    """What can change without anyone saving a row: expiry, and a last use old enough to be recorded again."""
+    now = timezone.now()
+    touch_due = api_key.last_used_at is None or now - api_key.last_used_at >= timedelta(
+        seconds=settings.PORTAL_KEY_TOUCH_INTERVAL
+    )
+    return not touch_due and not api_key.is_expired(now)
+
+
+def _caller_pool(caller: Caller, pool_name: str) -> TokenPool:
+    return services.lease_pool(caller.organization, api_key=caller.api_key, pool_name=pool_name)
+
+
+_caller_pool_from_db = on_db_threads(_caller_pool)
+_recent_pools = RecentCache(settings.PORTAL_AUTH_CACHE_SECONDS)
+
+
+async def caller_pool(caller: Caller, pool_name: str) -> TokenPool:
+    """The pool the caller leases from (its key's pinned pool, the one named, or the default), remembered."""
+    cache_key = (caller.membership.pk, caller.api_key.pk if caller.api_key else None, pool_name)
+    pool = _recent_pools.get(cache_key)
+    if pool is None:
+        pool = await _caller_pool_from_db(caller, pool_name)
+        _recent_pools.put(cache_key, pool)
+    return pool
