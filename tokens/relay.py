@@ -243,15 +243,17 @@ async def _with_rotation(*, organization, user, api_key, pool: TokenPool, attemp
                     yield event
         except (GeneratorExit, asyncio.CancelledError):
             # The client went away or cancelled: not the token's fault. Shielded: the caller is cancelling us.
-            await asyncio.shield(_report(**report, success=False, cancelled=True))
+            await asyncio.shield(_report_or_keep_trying(**report, success=False, cancelled=True))
             raise
         except Exception as exc:
             failure = _failure_from(exc)
         else:
             # The answer is complete: the client hears [DONE] (or chat.end) while the success is written.
-            _report_in_background(report)
+            _report_in_background({**report, "success": True})
             return
-        await _report(**report, success=False, error=failure.message, error_type=failure.error_type, blame_token=failure.blame_token)
+        await _report_or_keep_trying(
+            **report, success=False, error=failure.message, error_type=failure.error_type, blame_token=failure.blame_token
+        )
         last_failure = Failed(redact_secrets(failure.message, grant.secret), failure.error_type, failure.status)
         if started or not failure.blame_token:
             # Mid-stream, or the request itself was refused: another token would not help.
@@ -261,12 +263,32 @@ async def _with_rotation(*, organization, user, api_key, pool: TokenPool, attemp
 
 
 _reports_in_flight: set[asyncio.Task] = set()  # held so none is collected before it has run
+# How long a report waits for a database that is down (restarting, failing over) before it is given up:
+# about six minutes, pause by pause. A lease whose report is given up ends by its TTL, as expired.
+REPORT_RETRY_PAUSES = (0.5, 1, 2, 4, 8, 15, 30, 60, 60, 60, 60, 60)
+
+
+async def _report_or_keep_trying(**report) -> None:
+    """Report now; if the database is down, keep trying in the background: an outcome is never dropped."""
+    try:
+        await _report(**report)
+    except DATABASE_DOWN:
+        _report_in_background(report)
 
 
 def _report_in_background(report: dict) -> None:
-    task = asyncio.get_running_loop().create_task(_report(**report, success=True))
+    task = asyncio.get_running_loop().create_task(_report_until_recorded(report))
     _reports_in_flight.add(task)
     task.add_done_callback(_report_done)
+
+
+async def _report_until_recorded(report: dict) -> None:
+    for pause in REPORT_RETRY_PAUSES:
+        try:
+            return await _report(**report)
+        except DATABASE_DOWN:
+            await asyncio.sleep(pause)
+    await _report(**report)
 
 
 async def reports_settled() -> None:
@@ -279,7 +301,7 @@ def _report_done(task: asyncio.Task) -> None:
     _reports_in_flight.discard(task)
     if not task.cancelled() and task.exception() is not None:
         # The lease stays open and ends by its TTL, as expired: logged, because that is not what happened.
-        logger.error("could not record a relayed success", exc_info=task.exception())
+        logger.error("could not record a relayed lease's outcome", exc_info=task.exception())
 
 
 def _failure_from(exc: Exception) -> _UpstreamFailure:

@@ -1,6 +1,8 @@
 """Everything in tokens that writes: pools, tokens, leases and reports, one function per use case."""
 
+import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,13 +17,14 @@ from accounts.audit import audit_record
 from accounts.models import ApiKey, Organization, User
 from portal import live
 from portal.db import db_value, first_row, insert_row, lock_rows_of, one_writer_at_a_time, save_fields
-from portal.errors import Conflict, PortalError
+from portal.errors import DATABASE_DOWN, Conflict, PortalError
 from portal.redact import redact_secrets
 from tokens import hf_api, selectors
 from tokens.crypto import decrypt_secret, encrypt_secret, secret_fingerprint
 from tokens.models import HFToken, Lease, Outcome, Strategy, TokenEvent, TokenPool
 from tokens.policy import ErrorType, Status, Transition, classify_error, next_state, release_if_due
 
+logger = logging.getLogger(__name__)
 
 class NoTokenAvailable(PortalError):
     status_code = 503
@@ -447,22 +450,48 @@ def _count_usage(lease: Lease, *metrics: str, delta: int = 1) -> None:
     leases, and holding its lock until the end of every lease transaction would make them queue behind
     each other. SQLite lets one writer in at a time anyway, so there it joins the caller's transaction,
     which saves a commit per lease and per report."""
+    counts = _usage_counts(lease, metrics, delta)
     if connection.vendor == "sqlite":
-        _upsert_usage(lease, metrics, delta)
+        _upsert_usage(counts)
     else:
-        transaction.on_commit(lambda: _upsert_usage(lease, metrics, delta), robust=True)
+        transaction.on_commit(lambda: _upsert_usage_after_commit(counts))
 
 
-def _upsert_usage(lease: Lease, metrics, delta: int) -> None:
-    hour = connection.ops.adapt_datetimefield_value(lease.leased_at.replace(minute=0, second=0, microsecond=0))
+_usage_backlog: dict[tuple, int] = {}  # counts whose upsert found the database gone after their commit
+_usage_backlog_lock = threading.Lock()
+
+
+def _upsert_usage_after_commit(counts: dict[tuple, int]) -> None:
+    """The upsert after the commit. If the database went away in between (a restart, a failover), the
+    counts are kept in this process and added with the next ones, rather than lost."""
+    with _usage_backlog_lock:
+        for bucket, delta in _usage_backlog.items():
+            counts[bucket] = counts.get(bucket, 0) + delta
+        _usage_backlog.clear()
+    try:
+        _upsert_usage(counts)
+    except DATABASE_DOWN:
+        logger.warning("usage counts kept for later: the database is unavailable")
+        with _usage_backlog_lock:
+            for bucket, delta in counts.items():
+                _usage_backlog[bucket] = _usage_backlog.get(bucket, 0) + delta
+
+
+def _usage_counts(lease: Lease, metrics, delta: int) -> dict[tuple, int]:
+    hour = lease.leased_at.replace(minute=0, second=0, microsecond=0)
     keys = [("token", lease.token_id), ("user", lease.user_id), ("pool", lease.pool_id)]
-    rows, params = [], []
-    for metric in metrics:
-        for dimension, key_id in keys:
-            rows.append("(%s, %s, %s, %s, %s, %s)")
-            params += [lease.organization_id, dimension, key_id or 0, hour, metric, delta]
+    return {(lease.organization_id, dimension, key_id or 0, hour, metric): delta for metric in metrics for dimension, key_id in keys}
+
+
+def _upsert_usage(counts: dict[tuple, int]) -> None:
+    # In one order everywhere, so two upserts that share rows cannot deadlock on PostgreSQL.
+    buckets = sorted(counts)
+    params = []
+    for organization_id, dimension, key_id, hour, metric in buckets:
+        hour_value = connection.ops.adapt_datetimefield_value(hour)
+        params += [organization_id, dimension, key_id, hour_value, metric, counts[organization_id, dimension, key_id, hour, metric]]
     with connection.cursor() as cursor:
-        cursor.execute(_COUNT_SQL.format(rows=", ".join(rows)), params)
+        cursor.execute(_COUNT_SQL.format(rows=", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(buckets))), params)
 
 
 @transaction.atomic

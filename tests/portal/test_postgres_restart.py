@@ -374,12 +374,6 @@ def test_no_client_report_is_lost(restart, postgres):
     assert set(outcomes) == set(restart.granted), "leases opened for REST clients that never heard of them"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the relay writes a chat's success in the background once (tokens/relay.py _report_in_background); "
-    "when the database is down at that moment it only logs 'could not record a relayed success', and the lease stays "
-    "open until its TTL, then counts as expired: the report is lost",
-)
 def test_every_relayed_lease_ends_with_its_outcome(restart, postgres):
     still_open = postgres.query("SELECT id, client_name, leased_at FROM tokens_lease WHERE reported_at IS NULL")
     assert not still_open, f"leases left open: {still_open}\n{restart.summary}"
@@ -393,12 +387,6 @@ def test_tokens_count_every_recorded_success(restart, postgres):
     assert token_successes == successes
 
 
-@pytest.mark.xfail(
-    strict=False,  # it takes a lease or report whose connection is cut in that instant: some runs, not all
-    reason="bug: on PostgreSQL the hourly usage counters are written after the lease's or report's commit "
-    "(tokens/services.py _count_usage: transaction.on_commit(..., robust=True)); when the connection is cut in "
-    "between, the error is logged and the count is lost, so /admin/usage disagrees with the leases",
-)
 def test_usage_report_agrees_with_the_leases(restart, postgres, portal):
     [(leases, successes, closed)] = postgres.query(
         "SELECT count(*), count(*) FILTER (WHERE outcome = 'success'), count(*) FILTER (WHERE reported_at IS NOT NULL)"

@@ -103,3 +103,31 @@ def test_a_late_report_moves_the_lease_from_expired_to_its_outcome_in_usage(
     incremental = sorted(UsageCounter.objects.exclude(count=0).values_list("dimension", "key_id", "hour", "metric", "count"))
     services.usage_counters_rebuild()
     assert sorted(UsageCounter.objects.values_list("dimension", "key_id", "hour", "metric", "count")) == incremental
+
+
+def test_counts_whose_upsert_finds_the_database_gone_are_added_with_the_next_ones(
+    organization, make_member, make_token, monkeypatch
+):
+    """PostgreSQL counts after the commit; a database gone in that instant must not lose the counts."""
+    from django.db import OperationalError
+
+    member, _ = make_member(organization, Role.USER)
+    make_token(organization)
+    pool = selectors.pool_by_name(organization, "default")
+    first = services.lease_token(organization=organization, pool=pool, user=member.user).lease
+    second = services.lease_token(organization=organization, pool=pool, user=member.user).lease
+    UsageCounter.objects.all().delete()  # only what the calls below count
+
+    upsert = services._upsert_usage
+
+    def database_gone(counts):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "_upsert_usage", database_gone)
+    services._upsert_usage_after_commit(services._usage_counts(first, ["leases"], 1))
+    assert not UsageCounter.objects.exists()
+    monkeypatch.setattr(services, "_upsert_usage", upsert)
+    services._upsert_usage_after_commit(services._usage_counts(second, ["leases"], 1))
+    counts = {(row.dimension, row.metric): row.count for row in UsageCounter.objects.all()}
+    assert counts == {("token", "leases"): 2, ("user", "leases"): 2, ("pool", "leases"): 2}
+    assert services._usage_backlog == {}
