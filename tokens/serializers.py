@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 from rest_framework import serializers
 
 from portal.db import MAX_ROW_ID
-from portal.serializers import InputSerializer, StrictSerializer
+from portal.serializers import InputSerializer, SharedInputSerializer, StrictSerializer
 from tokens.models import HFToken, Strategy, TokenEvent, TokenPool
 from tokens.policy import ErrorType, Status
 from tokens.selectors import USAGE_GROUPS
@@ -15,7 +15,7 @@ from tokens.selectors import USAGE_GROUPS
 TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{8,512}")  # what an HTTP Authorization header can carry
 
 
-class ProvisionInput(InputSerializer):
+class ProvisionInput(SharedInputSerializer):
     pool = serializers.SlugField(max_length=64, required=False, default="")
     client_name = serializers.CharField(max_length=100, required=False, default="")
 
@@ -28,7 +28,7 @@ class ProvisionOutput(serializers.Serializer):
     expires_at = serializers.DateTimeField(help_text="Report before this, or the lease expires unreported.")
 
 
-class ReportInput(InputSerializer):
+class ReportInput(SharedInputSerializer):
     """Lenient on purpose: the helper may add fields, and a report should never be lost to a stray key."""
 
     token_id = serializers.IntegerField(min_value=1, max_value=MAX_ROW_ID)
@@ -50,15 +50,17 @@ class ReportOutput(serializers.Serializer):
 
 
 def provision_answer(grant, pool: TokenPool) -> dict:
-    return ProvisionOutput(
-        {
-            "token": grant.secret,
-            "token_id": str(grant.token.pk),
-            "lease_id": grant.lease.pk,
-            "pool": pool.name,
-            "expires_at": grant.lease.expires_at,
-        }
-    ).data
+    payload = {
+        "token": grant.secret,
+        "token_id": str(grant.token.pk),
+        "lease_id": grant.lease.pk,
+        "pool": pool.name,
+        "expires_at": grant.lease.expires_at,
+    }
+    return _PROVISION_OUTPUT.to_representation(payload)
+
+
+_PROVISION_OUTPUT = ProvisionOutput()  # shared, as SharedInputSerializer's checkers are: rendering keeps no state
 
 
 PROVISION_HEADERS = {"Cache-Control": "no-store"}  # the body holds a secret: no cache anywhere may keep it
