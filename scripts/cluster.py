@@ -400,6 +400,9 @@ def main(argv):
         log(why)
         return 1
     with_services.raise_on_sigterm()
+    # A shell starts background jobs with SIGINT ignored, and Python then leaves it ignored: Ctrl-C or
+    # `kill -INT` must stop a cluster started with `make cluster &` too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with Cluster(args.workers, port=args.port, standin=args.standin, seed=args.standin) as cluster:
             print(f"""
