@@ -12,8 +12,8 @@ warm-up requests of each kind:
     trivial   GET /healthz (through Django)                N requests, C clients that never pause
     lease     GET /keys/provision/hf, then POST /keys/report/hf with the lease's token_id and lease_id,
               status "success"                             N pairs (2N requests), the same way
-    F load    lease pairs started at F (default 0.5) times the pairs/s the lease run reached, evenly
-              spaced, for 15 s, at most C at once: latency when the worker is not saturated
+    F load    lease pairs started at F times the pairs/s the lease run reached (--load, default 25% and
+              50%), evenly spaced, for 15 s each, at most C at once: latency below saturation
 
 and prints requests per second, pairs per second and latency p50/p99 per request. Targets (issue 6): the
 lease path keeps at least half of the trivial endpoint's requests per second, and a p99 under 20 ms on
@@ -51,13 +51,15 @@ class Run:
     errors: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)  # seconds per HTTP request
+    server_cpu: float | None = None  # CPU seconds the server used (when this script started it)
 
     def line(self) -> str:
         rate = self.requests / self.seconds if self.seconds else 0.0
         pairs = f"{self.pairs / self.seconds:>9.1f}" if self.pairs else f"{'':>9}"
+        cpu = f"{1000 * self.server_cpu / max(self.requests, 1):>12.2f}" if self.server_cpu is not None else ""
         return (
-            f"{self.name:<8}{self.requests:>9}{self.errors:>8}{rate:>11.1f}{pairs}"
-            f"{percentile(self.latencies, 50):>10.1f}{percentile(self.latencies, 99):>10.1f}"
+            f"{self.name:<9}{self.requests:>9}{self.errors:>8}{rate:>11.1f}{pairs}"
+            f"{percentile(self.latencies, 50):>10.1f}{percentile(self.latencies, 99):>10.1f}{cpu}"
         )
 
 
@@ -90,8 +92,21 @@ async def lease_pair(run: Run, client: httpx.AsyncClient) -> None:
         run.pairs += 1
 
 
+SERVER_CPU = None  # () -> CPU seconds the server has used so far, when this script started it
+
+
+def _cpu_now() -> float | None:
+    return SERVER_CPU() if SERVER_CPU else None
+
+
+def _with_cpu(run: Run, before: float | None) -> Run:
+    if before is not None:
+        run.server_cpu = _cpu_now() - before
+    return run
+
+
 async def measure(name: str, work, clients: list[httpx.AsyncClient], count: int, concurrency: int) -> Run:
-    run = Run(name)
+    run, cpu_before = Run(name), _cpu_now()
     remaining = iter(range(count))
 
     async def worker(client: httpx.AsyncClient):
@@ -101,13 +116,13 @@ async def measure(name: str, work, clients: list[httpx.AsyncClient], count: int,
     started = time.perf_counter()
     await asyncio.gather(*(worker(clients[n % len(clients)]) for n in range(concurrency)))
     run.seconds = time.perf_counter() - started
-    return run
+    return _with_cpu(run, cpu_before)
 
 
 async def paced(name: str, work, clients: list[httpx.AsyncClient], rate: float, seconds: float, concurrency: int) -> Run:
     """Open loop: start `work` `rate` times a second, evenly spaced, whether or not earlier ones have
     finished (at most `concurrency` at once; a start that finds them all busy waits its turn)."""
-    run = Run(name)
+    run, cpu_before = Run(name), _cpu_now()
     slots = asyncio.Semaphore(concurrency)
 
     async def one(n: int):
@@ -121,10 +136,10 @@ async def paced(name: str, work, clients: list[httpx.AsyncClient], rate: float, 
         tasks.append(asyncio.ensure_future(one(n)))
     await asyncio.gather(*tasks)
     run.seconds = time.perf_counter() - started
-    return run
+    return _with_cpu(run, cpu_before)
 
 
-async def bench(url: str, key: str, pairs: int, concurrency: int, load: float) -> tuple[Run, Run, Run]:
+async def bench(url: str, key: str, pairs: int, concurrency: int, loads: list[float]) -> tuple[Run, Run, list[Run]]:
     # httpcore walks its whole pool for every request: one client holding 32 connections cost this client
     # 5.6 ms of CPU per request, more than the server spent, so the bench measured itself. Clients of
     # CLIENT_CONNECTIONS connections each cost about 1.7 ms.
@@ -143,20 +158,23 @@ async def bench(url: str, key: str, pairs: int, concurrency: int, load: float) -
         first = await measure("trivial", trivial, clients, pairs, concurrency)
         lease = await measure("lease", lease_pair, clients, pairs, concurrency)
         second = await measure("trivial", trivial, clients, pairs, concurrency)
-        paced_rate = load * lease.pairs / lease.seconds
-        at_load = await paced(f"{load:.0%} load", lease_pair, clients, paced_rate, PACED_SECONDS, concurrency)
+        capacity = lease.pairs / lease.seconds
+        at_loads = [
+            await paced(f"{load:.0%} load", lease_pair, clients, load * capacity, PACED_SECONDS, concurrency)
+            for load in loads
+        ]
     finally:
         for client in clients:
             await client.aclose()
     slower = min((first, second), key=lambda run: run.requests / run.seconds)
-    return slower, lease, at_load
+    return slower, lease, at_loads
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=3000, help="lease+report pairs, and trivial requests (default 3000)")
     parser.add_argument("--concurrency", type=int, default=32, help="clients at once (default 32)")
-    parser.add_argument("--load", type=float, default=0.5, help="the paced run's share of the measured lease capacity (default 0.5)")
+    parser.add_argument("--load", default="0.25,0.5", help="the paced runs' shares of the measured lease capacity (default 0.25,0.5)")
     parser.add_argument("--url", help="a running portal (e.g. the nginx of `make cluster`) instead of starting one")
     parser.add_argument("--admin-key", default=ADMIN_KEY, help="its admin API key (with --url)")
     args = parser.parse_args()
@@ -169,22 +187,28 @@ def main() -> None:
         else:
             # No upstream is called when leasing: the stand-in's address is never used.
             url, _ = start_portal(procs, workdir, "http://127.0.0.1:9", tokens=20)
+            global SERVER_CPU
+            SERVER_CPU = lambda: procs.cpu_seconds("portal")  # noqa: E731
             where = "one daphne worker, SQLite, 20 tokens"
-        trivial_run, lease_run, paced_run = asyncio.run(bench(url, args.admin_key, args.pairs, args.concurrency, args.load))
+        loads = [float(load) for load in args.load.split(",")]
+        trivial_run, lease_run, paced_runs = asyncio.run(bench(url, args.admin_key, args.pairs, args.concurrency, loads))
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\n{where}; concurrency {args.concurrency}")
-    print(f"{'target':<8}{'requests':>9}{'errors':>8}{'req/s':>11}{'pairs/s':>9}{'p50 ms':>10}{'p99 ms':>10}")
+    cpu_title = f"{'CPU ms/req':>12}" if SERVER_CPU else ""
+    print(f"{'target':<9}{'requests':>9}{'errors':>8}{'req/s':>11}{'pairs/s':>9}{'p50 ms':>10}{'p99 ms':>10}{cpu_title}")
     print(trivial_run.line())
     print(lease_run.line())
-    print(paced_run.line())
+    for run in paced_runs:
+        print(run.line())
     trivial_rate = trivial_run.requests / trivial_run.seconds
     lease_rate = lease_run.requests / lease_run.seconds
     print(f"\nlease req/s ÷ trivial req/s: {lease_rate:.1f} / {trivial_rate:.1f} = {lease_rate / trivial_rate:.2f} (target ≥ 0.5)")
-    print(f"lease p99: {percentile(lease_run.latencies, 99):.1f} ms with {args.concurrency} clients that never pause, "
-          f"{percentile(paced_run.latencies, 99):.1f} ms at {args.load:.0%} of that capacity (target < 20 ms on one worker)")
+    paced = ", ".join(f"{percentile(run.latencies, 99):.1f} ms at {run.name}" for run in paced_runs)
+    print(f"lease p99: {percentile(lease_run.latencies, 99):.1f} ms with {args.concurrency} clients that never pause; "
+          f"paced: {paced} (target < 20 ms on one worker)")
 
 
 if __name__ == "__main__":

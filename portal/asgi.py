@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -40,3 +41,9 @@ router = ProtocolTypeRouter(
 async def application(scope, receive, send):
     live.start(asyncio.get_running_loop())  # dashboards' live events leave from this loop (a no-op after the first call)
     await router(scope, receive, send)
+
+
+# Everything loaded so far (Django, the apps, the URL and model registries) lives as long as the process:
+# out of the collector's sight, the full collections that pause every request become much shorter
+# (bench/lease.py's paced run: p99 17 → 12 ms).
+gc.freeze()
