@@ -1,7 +1,9 @@
 """Plain fixtures and factories shared by the whole suite."""
 
+import importlib.util
 import itertools
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -17,6 +19,16 @@ from accounts.models import Membership, Organization
 from accounts.roles import Role
 
 _names = itertools.count(1)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    """A script of scripts/ (a folder of programs, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"portal_script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 on_postgres = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 requires_postgres = pytest.mark.skipif(

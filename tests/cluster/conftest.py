@@ -3,9 +3,7 @@
 The cluster gets its own database on the stage's PostgreSQL and its own Redis database number, so its
 workers share nothing with the in-process tests but the server processes."""
 
-import importlib.util
 import os
-import pathlib
 import secrets
 from types import SimpleNamespace
 
@@ -13,19 +11,13 @@ import httpx
 import pytest
 from django.conf import settings
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.conftest import load_script
+
 ORG_LIMIT = 3  # streams per organization, across all workers
 KEY_LIMIT = 2  # streams per API key, across all workers
 
 
-def _load_cluster_module():
-    spec = importlib.util.spec_from_file_location("portal_cluster_script", ROOT / "scripts" / "cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cluster_script = _load_cluster_module()
+cluster_script = load_script("cluster")
 
 
 def _why_skip() -> str | None:

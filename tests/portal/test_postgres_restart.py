@@ -7,10 +7,8 @@ The test starts a PostgreSQL of its own (scripts/with_services.py) and restarts 
 session's: so it runs in both stages of `make test` wherever PostgreSQL's server binaries are installed."""
 
 import asyncio
-import importlib.util
 import json
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -22,9 +20,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.conftest import prepared_portal_env, start_portal_worker
+from tests.conftest import load_script, prepared_portal_env, start_portal_worker
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 ADMIN_KEY = "pk_pg_restart_admin_key_0123456789abcdefgh"
 CLIENTS = 6  # lease + report loops
 CHAT_CLIENTS = 2  # short completions, streamed and not
@@ -37,14 +34,7 @@ QUICK_SECONDS = 5.0  # no request takes longer, outage or not
 REPORT_PATIENCE_SECONDS = 20.0  # a client gives up resending a refused report after this long
 
 
-def _load_with_services():
-    spec = importlib.util.spec_from_file_location("portal_with_services_script", ROOT / "scripts" / "with_services.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-with_services = _load_with_services()
+with_services = load_script("with_services")
 PG_BINDIR = with_services.find_postgres_bindir()
 
 pytestmark = pytest.mark.skipif(
