@@ -12,16 +12,20 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from portal import lease_door, live, metrics, sse  # noqa: E402
+from portal.bare_asgi import checked_like_django  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
 from portal.url_keys import refuse_keys_in_url  # noqa: E402
 
 # The hot paths, served as bare ASGI apps before Django's request handling (see portal.sse, portal.lease_door).
 BARE_HTTP_PATHS = {
-    "/v1/chat/completions": sse.chat_completions,
-    "/keys/provision/hf": lease_door.provision,
-    "/keys/provision": lease_door.provision,
-    "/keys/report/hf": lease_door.report,
-    "/keys/report": lease_door.report,
+    path: checked_like_django(app)
+    for path, app in {
+        "/v1/chat/completions": sse.chat_completions,
+        "/keys/provision/hf": lease_door.provision,
+        "/keys/provision": lease_door.provision,
+        "/keys/report/hf": lease_door.report,
+        "/keys/report": lease_door.report,
+    }.items()
 }
 
 

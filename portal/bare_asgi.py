@@ -1,11 +1,15 @@
-"""Just enough HTTP for an endpoint served as a bare ASGI app in front of Django (the chat relay's hot path):
-read the body within a limit, answer JSON or a stream, and stop the work when the client hangs up."""
+"""Just enough HTTP for an endpoint served as a bare ASGI app in front of Django (the hot paths: chat, lease,
+report): read the body within a limit, answer JSON or a stream, stop the work when the client hangs up, and
+do what Django's middleware would have done before any view (a Host outside ALLOWED_HOSTS refused, plain
+HTTP redirected under PORTAL_HTTPS) and after it (the same security headers)."""
 
 import asyncio
 import contextlib
 import json
 import logging
 
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 from rest_framework import exceptions
 
 from accounts.authentication import BEARER_CHALLENGE
@@ -13,8 +17,36 @@ from portal.errors import DATABASE_DOWN, PortalError, database_unavailable, desc
 
 logger = logging.getLogger(__name__)
 
-# What Django's SecurityMiddleware would have added to the same answer.
-_ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
+def _security_headers(secure: bool) -> list[tuple[bytes, bytes]]:
+    """What Django's SecurityMiddleware, XFrameOptionsMiddleware and the portal's CSP middleware add."""
+    headers = {
+        "x-content-type-options": "nosniff" if settings.SECURE_CONTENT_TYPE_NOSNIFF else "",
+        "referrer-policy": settings.SECURE_REFERRER_POLICY or "",
+        "cross-origin-opener-policy": settings.SECURE_CROSS_ORIGIN_OPENER_POLICY or "",
+        "x-frame-options": settings.X_FRAME_OPTIONS or "",
+        "content-security-policy": settings.CONTENT_SECURITY_POLICY or "",
+    }
+    if secure and settings.SECURE_HSTS_SECONDS:
+        headers["strict-transport-security"] = f"max-age={settings.SECURE_HSTS_SECONDS}" + (
+            "; includeSubDomains" if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS else ""
+        ) + ("; preload" if settings.SECURE_HSTS_PRELOAD else "")
+    return [(name.encode(), value.encode("latin-1")) for name, value in headers.items() if value]
+
+
+def checked_like_django(app):
+    """`app`, behind the refusals Django's middleware makes before any view sees a request."""
+
+    async def checked(scope, receive, send):
+        exchange = AsgiExchange(scope, receive, send)
+        if not exchange.host_allowed():
+            return await exchange.send_json(error_payload("Bad request.", "bad_request"), 400)
+        if settings.SECURE_SSL_REDIRECT and not exchange.is_secure():
+            query = scope.get("query_string", b"").decode("latin-1")
+            location = f"https://{settings.SECURE_SSL_HOST or exchange.host()}{scope['path']}" + (f"?{query}" if query else "")
+            return await exchange.send_bytes(b"", "text/plain", 301, {"Location": location})
+        await app(scope, receive, send)
+
+    return checked
 
 
 class ClientGone(Exception):
@@ -39,6 +71,27 @@ class AsgiExchange:
                 return value.decode("latin-1")
         return ""
 
+    def host(self) -> str:
+        forwarded = settings.USE_X_FORWARDED_HOST and self.header("x-forwarded-host")
+        if forwarded:
+            return forwarded.split(",")[-1].strip()
+        if host := self.header("host"):
+            return host
+        server_host, server_port = self.scope.get("server") or ("", None)
+        return f"{server_host}:{server_port}" if server_port else server_host
+
+    def host_allowed(self) -> bool:
+        domain, _ = split_domain_port(self.host())
+        allowed = settings.ALLOWED_HOSTS or (["localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
+        return bool(domain) and validate_host(domain, allowed)
+
+    def is_secure(self) -> bool:
+        if settings.SECURE_PROXY_SSL_HEADER:
+            name, secure_value = settings.SECURE_PROXY_SSL_HEADER
+            forwarded = self.header(name.removeprefix("HTTP_").lower().replace("_", "-"))
+            return forwarded.split(",", 1)[0].strip() == secure_value
+        return self.scope.get("scheme") == "https"
+
     async def read_body(self, limit: int | None) -> bytes:
         declared = self.header("content-length")
         if limit is not None and declared.isdigit() and int(declared) > limit:
@@ -57,7 +110,7 @@ class AsgiExchange:
                 return b"".join(parts)
 
     async def start(self, status: int, content_type: str, headers: dict | None = None) -> None:
-        raw = [(b"content-type", content_type.encode()), *_ALWAYS]
+        raw = [(b"content-type", content_type.encode()), *_security_headers(self.is_secure())]
         raw += [(name.lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in (headers or {}).items()]
         self.started = True
         await self._send({"type": "http.response.start", "status": status, "headers": raw})

@@ -9,7 +9,15 @@ other workers notice within PORTAL_AUTH_CACHE_SECONDS, which is the bound on how
 import time
 import weakref
 
+from django.db import transaction
+
 _caches: "weakref.WeakSet[RecentCache]" = weakref.WeakSet()
+_generation = 0  # how many times every cache was emptied; an answer read before the last emptying is stale
+
+
+def generation() -> int:
+    """Take it before reading the answer from the database, and give it to `put`."""
+    return _generation
 
 
 class RecentCache:
@@ -24,8 +32,9 @@ class RecentCache:
             return None
         return entry[1]
 
-    def put(self, key, value) -> None:
-        if self.seconds <= 0:
+    def put(self, key, value, read_at_generation: int) -> None:
+        """Remember `value`, unless the caches were emptied since it was read (it may predate the change)."""
+        if self.seconds <= 0 or read_at_generation != _generation:
             return
         if len(self._entries) >= self.max_entries:
             self._entries.clear()  # simpler than LRU, and refilling costs one query per key
@@ -36,6 +45,14 @@ class RecentCache:
 
 
 def forget_everything(*args, **kwargs) -> None:
-    """Empty every cache (a signal receiver: who may do what has just changed)."""
+    """Empty every cache (a signal receiver: who may do what has just changed). Again once the change
+    commits: a request that read the old row between the save and the commit must not keep it."""
+    _empty_all()
+    transaction.on_commit(_empty_all)
+
+
+def _empty_all() -> None:
+    global _generation
+    _generation += 1
     for cache in list(_caches):
         cache.clear()

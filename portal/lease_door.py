@@ -12,14 +12,18 @@ callers: the same checks in the same order (key, role, rate limit, input, pool),
 the same answers (tokens.serializers), errors included.
 """
 
+import logging
+
 from django.conf import settings
+from django.core.exceptions import SuspiciousOperation
 from django.http import QueryDict
+from django.utils.http import parse_header_parameters
 from rest_framework import exceptions
 
 from accounts.roles import Perm
 from portal.bare_asgi import AsgiExchange, ClientGone
 from portal.db import on_db_threads
-from portal.errors import DATABASE_DOWN
+from portal.errors import DATABASE_DOWN, error_payload
 from portal.rate_limit import acheck_key_rate
 from tokens import services
 from tokens.callers import Caller, caller_pool, ensure_caller_may, known_caller, raw_key_from
@@ -27,6 +31,8 @@ from tokens.chat import load_json
 from tokens.serializers import (
     PROVISION_HEADERS, ProvisionInput, ReportInput, provision_answer, report_answer, report_arguments,
 )
+
+logger = logging.getLogger(__name__)
 
 
 async def provision(scope, receive, send):
@@ -38,14 +44,21 @@ async def report(scope, receive, send):
 
 
 async def _serve(exchange: AsgiExchange, method: str, work) -> None:
-    if exchange.scope["method"] != method:
-        return await exchange.send_method_not_allowed(method)
     try:
-        payload, headers = await work(exchange)
+        caller = await _leasing_caller(exchange)  # before the method, as DRF checks: a wrong method still counts
+        if exchange.scope["method"] != method:
+            return await exchange.send_method_not_allowed(method)
+        payload, headers = await work(exchange, caller)
     except (exceptions.APIException, *DATABASE_DOWN) as exc:
         return await exchange.send_refusal(exc)
+    except SuspiciousOperation as exc:  # e.g. more query fields than DATA_UPLOAD_MAX_NUMBER_FIELDS, as Django answers
+        logger.warning("%s %s refused: %s", exchange.scope["method"], exchange.scope["path"], type(exc).__name__)
+        return await exchange.send_json(error_payload("Bad request.", "bad_request"), 400)
     except ClientGone:
         return
+    except Exception:
+        logger.exception("%s %s failed", exchange.scope["method"], exchange.scope["path"])
+        return await exchange.send_json(error_payload("Internal server error.", "server_error"), 500)
     await exchange.send_json(payload, 200, headers)
 
 
@@ -56,8 +69,7 @@ async def _leasing_caller(exchange: AsgiExchange) -> Caller:
     return caller
 
 
-async def _provision(exchange: AsgiExchange) -> tuple[dict, dict]:
-    caller = await _leasing_caller(exchange)
+async def _provision(exchange: AsgiExchange, caller: Caller) -> tuple[dict, dict]:
     query = ProvisionInput.validated(QueryDict(exchange.scope["query_string"].decode("utf-8", "replace")))
     pool = await caller_pool(caller, query["pool"])
     return await _lease(caller, pool, query["client_name"]), PROVISION_HEADERS
@@ -71,13 +83,24 @@ def _lease(caller: Caller, pool, client_name: str) -> dict:
     return provision_answer(grant, pool)
 
 
-async def _report(exchange: AsgiExchange) -> tuple[dict, dict]:
-    caller = await _leasing_caller(exchange)
-    content_type = exchange.header("content-type")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise exceptions.UnsupportedMediaType(content_type)
-    data = ReportInput.validated(load_json(await exchange.read_body(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)))
+async def _report(exchange: AsgiExchange, caller: Caller) -> tuple[dict, dict]:
+    data = ReportInput.validated(_json_body(exchange.header("content-type"), await exchange.read_body(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)))
     return await _report_outcome(caller, data), {}
+
+
+def _json_body(content_type: str, raw: bytes):
+    """The body as DRF's JSONParser reads it: JSON only, in the declared charset (UTF-8 by default); an
+    empty body is an empty object (so the answer names the missing fields)."""
+    media_type, params = parse_header_parameters(content_type)
+    if media_type != "application/json":
+        raise exceptions.UnsupportedMediaType(content_type)
+    if not raw:
+        return {}
+    try:
+        text = raw.decode(params.get("charset") or "utf-8")
+    except (LookupError, UnicodeDecodeError):
+        raise exceptions.ParseError("JSON parse error - the body is not in its declared charset.") from None
+    return load_json(text)
 
 
 @on_db_threads

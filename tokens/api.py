@@ -42,6 +42,7 @@ from tokens.serializers import (
 class ProvisionApi(TenantAPIView):
     # Keys only: a session cookie would let any page the user visits open leases (a GET needs no CSRF token).
     authentication_classes = [ApiKeyAuthentication]
+    http_method_names = ["get", "options"]  # not HEAD: it would open a lease and throw its secret away
     permission_classes = [require(Perm.LEASE_TOKENS)]
 
     @extend_schema(

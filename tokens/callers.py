@@ -17,7 +17,7 @@ from accounts.authentication import authenticate_api_key, bearer_key_from_header
 from accounts.keys import digest_api_key
 from accounts.models import ApiKey, Membership
 from accounts.permissions import membership_has
-from portal.cache import RecentCache
+from portal import cache
 from portal.db import on_db_threads
 from tokens import services
 from tokens.models import TokenPool
@@ -56,7 +56,7 @@ def _caller_from_key(raw_key: str) -> Caller:
 
 
 caller_from_key = on_db_threads(_caller_from_key)
-_recent_callers = RecentCache(settings.PORTAL_AUTH_CACHE_SECONDS)
+_recent_callers = cache.RecentCache(settings.PORTAL_AUTH_CACHE_SECONDS)
 
 
 async def known_caller(raw_key: str) -> Caller:
@@ -65,8 +65,9 @@ async def known_caller(raw_key: str) -> Caller:
     caller = _recent_callers.get(cache_key)
     if caller is not None and _still_good(caller.api_key):
         return caller
+    read_at = cache.generation()
     caller = await caller_from_key(raw_key)
-    _recent_callers.put(cache_key, caller)
+    _recent_callers.put(cache_key, caller, read_at)
     return caller
 
 
@@ -84,7 +85,7 @@ def _caller_pool(caller: Caller, pool_name: str) -> TokenPool:
 
 
 _caller_pool_from_db = on_db_threads(_caller_pool)
-_recent_pools = RecentCache(settings.PORTAL_AUTH_CACHE_SECONDS)
+_recent_pools = cache.RecentCache(settings.PORTAL_AUTH_CACHE_SECONDS)
 
 
 async def caller_pool(caller: Caller, pool_name: str) -> TokenPool:
@@ -92,6 +93,7 @@ async def caller_pool(caller: Caller, pool_name: str) -> TokenPool:
     cache_key = (caller.membership.pk, caller.api_key.pk if caller.api_key else None, pool_name)
     pool = _recent_pools.get(cache_key)
     if pool is None:
+        read_at = cache.generation()
         pool = await _caller_pool_from_db(caller, pool_name)
-        _recent_pools.put(cache_key, pool)
+        _recent_pools.put(cache_key, pool, read_at)
     return pool

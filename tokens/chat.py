@@ -62,7 +62,7 @@ def load_json(text) -> object:
     """Strict JSON: Python's parser takes NaN and Infinity, which no upstream would."""
     try:
         return json.loads(text, parse_constant=_refuse_constant)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
         raise exceptions.ValidationError("The body is not valid JSON.") from None
 
 

@@ -454,7 +454,8 @@ def _count_usage(lease: Lease, *metrics: str, delta: int = 1) -> None:
     if connection.vendor == "sqlite":
         _upsert_usage(counts)
     else:
-        transaction.on_commit(lambda: _upsert_usage_after_commit(counts))
+        # robust: a failure here is logged, never turned into an error for a lease that has committed
+        transaction.on_commit(lambda: _upsert_usage_after_commit(counts), robust=True)
 
 
 _usage_backlog: dict[tuple, int] = {}  # counts whose upsert found the database gone after their commit

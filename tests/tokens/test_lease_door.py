@@ -172,6 +172,21 @@ def test_a_bad_or_unknown_pool_is_refused(door):
     assert_error(door.call("GET", "/keys/provision/hf", params={"pool": "nowhere"}), 404, "not_found")
 
 
+def test_too_many_query_fields_is_a_json_400(door):
+    door.add_token()
+    params = {f"field{n}": "1" for n in range(1001)}  # over DATA_UPLOAD_MAX_NUMBER_FIELDS
+    assert_error(door.call("GET", "/keys/provision/hf", params=params), 400, "bad_request")
+
+
+def test_a_body_without_fields_names_them_and_a_body_not_in_its_charset_is_400(door):
+    door.add_token()
+    empty = door.call("POST", "/keys/report/hf", content=b"", headers={"Content-Type": "application/json"})
+    assert {"token_id", "status"} <= set(assert_error(empty, 400, "validation")["fields"])
+    not_utf8 = '{"token_id": 1, "status": "é"}'.encode("latin-1")  # declared UTF-8 (the default), it is not
+    latin = door.call("POST", "/keys/report/hf", content=not_utf8, headers={"Content-Type": "application/json"})
+    assert_error(latin, 400, "validation")
+
+
 def test_the_wrong_method_is_405(door):
     assert_error(door.call("POST", "/keys/provision/hf", json={}), 405, "method_not_allowed")
     assert_error(door.call("GET", "/keys/report/hf"), 405, "method_not_allowed")
