@@ -146,6 +146,10 @@ if DATABASE_URL:
             DATABASE_URL, conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")), conn_health_checks=True
         )
     }
+    # A database host that vanished (a failover) must fail a connection attempt quickly, not after the
+    # kernel's minutes of retries: every database thread would be stuck in it. `?connect_timeout=` in
+    # DATABASE_URL overrides it.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 else:
     DATABASES = {
         "default": {
