@@ -58,7 +58,11 @@ def start(loop: asyncio.AbstractEventLoop) -> None:
 
 async def _flush_forever() -> None:
     layer = get_channel_layer()
-    while True:
+    this_task = asyncio.current_task()
+    # Stop on the cancellation request itself, not only on its CancelledError: channels-redis swallows the
+    # error when it arrives while it resets a connection, and a loop shutting down (a worker's, or a test
+    # module's) would then wait for this task forever.
+    while not this_task.cancelling():
         await asyncio.sleep(FLUSH_SECONDS)
         if not _queue or layer is None:
             continue
