@@ -71,6 +71,8 @@ async def _flush_forever() -> None:
             organization_id, event = _queue.popleft()
             batches[organization_id].append(event)
         for organization_id, events in batches.items():
+            if this_task.cancelling():
+                return
             try:
                 await layer.group_send(group_name(organization_id), {"type": "live.events", "events": events})
             except Exception:  # a dashboard missing an update must never break anything else

@@ -3,6 +3,7 @@ layer swallows the CancelledError (channels-redis can, while it resets a connect
 or a test's event loop waits for it forever on shutdown."""
 
 import asyncio
+from collections import deque
 
 from portal import live
 
@@ -25,10 +26,11 @@ async def test_the_flush_task_ends_when_cancelled_even_if_the_layer_swallows_the
     layer = SwallowingLayer()
     monkeypatch.setattr(live, "get_channel_layer", lambda: layer)
     monkeypatch.setattr(live, "FLUSH_SECONDS", 0.01)
-    live._queue.append((1, {"kind": "lease"}))
+    # Events for several organizations: the task must not go on to the next one's send once cancelled.
+    monkeypatch.setattr(live, "_queue", deque((organization_id, {"kind": "lease"}) for organization_id in (1, 2, 3)))
     task = asyncio.create_task(live._flush_forever())
     while not layer.sends:  # wait until it is inside group_send
         await asyncio.sleep(0.005)
     task.cancel()
     await asyncio.wait_for(asyncio.shield(task), timeout=2)  # it ends by itself; before the fix it never did
-    assert task.done()
+    assert task.done() and layer.sends == 1
