@@ -147,8 +147,7 @@ _shared = _SharedWindows(settings.REDIS_URL) if settings.REDIS_URL else None
 
 def check_key_rate(api_key_id) -> None:
     """Count one request for this API key, or raise RateLimited (429, with `wait` for Retry-After)."""
-    limit = settings.PORTAL_KEY_RATE_LIMIT_PER_MINUTE
-    if limit <= 0 or api_key_id is None:
+    if (limit := _limit_for(api_key_id)) is None:
         return
     wait = None
     if _shared is not None and _shared.available():
@@ -156,16 +155,12 @@ def check_key_rate(api_key_id) -> None:
             wait = _shared.admit(api_key_id, limit)
         except Exception:
             _shared.failed()
-    if wait is None:
-        wait = _local.admit(api_key_id, limit)
-    if wait > 0:
-        raise RateLimited(wait, limit)
+    _admit_or_refuse(api_key_id, limit, wait)
 
 
 async def acheck_key_rate(api_key_id) -> None:
     """check_key_rate for async code: never blocks the event loop."""
-    limit = settings.PORTAL_KEY_RATE_LIMIT_PER_MINUTE
-    if limit <= 0 or api_key_id is None:
+    if (limit := _limit_for(api_key_id)) is None:
         return
     wait = None
     if _shared is not None and _shared.available():
@@ -173,8 +168,18 @@ async def acheck_key_rate(api_key_id) -> None:
             wait = await _shared.aadmit(api_key_id, limit)
         except Exception:
             _shared.failed()
-    if wait is None:
-        wait = _local.admit(api_key_id, limit)
+    _admit_or_refuse(api_key_id, limit, wait)
+
+
+def _limit_for(api_key_id) -> int | None:
+    """The limit that applies, or None: counting is off, or the caller is a session without a key."""
+    limit = settings.PORTAL_KEY_RATE_LIMIT_PER_MINUTE
+    return limit if limit > 0 and api_key_id is not None else None
+
+
+def _admit_or_refuse(api_key_id, limit: int, shared_wait: float | None) -> None:
+    """Redis's verdict when it gave one; else this worker counts alone."""
+    wait = shared_wait if shared_wait is not None else _local.admit(api_key_id, limit)
     if wait > 0:
         raise RateLimited(wait, limit)
 

@@ -23,7 +23,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -116,15 +115,7 @@ http {{
 
         # Server-sent events (chat completions) and the streamed Hugging Face proxy: every chunk leaves
         # as it arrives, nothing is buffered in either direction.
-        location /v1/ {{
-            proxy_pass http://portal_workers;
-            proxy_buffering off;
-            proxy_request_buffering off;
-            proxy_cache off;
-            proxy_read_timeout {stream_timeout}s;
-            proxy_send_timeout {stream_timeout}s;
-        }}
-        location /proxy/ {{
+        location ~ ^/(v1|proxy)/ {{
             proxy_pass http://portal_workers;
             proxy_buffering off;
             proxy_request_buffering off;
