@@ -159,12 +159,13 @@ def start_portal(procs: Processes, workdir: Path, standin: str, tokens: int = 20
 
 
 def profile_portal(procs: Processes, output: Path) -> None:
-    """py-spy records the portal worker until the bench ends (SIGINT makes it write the file)."""
+    """py-spy records the portal worker until the bench ends (SIGINT makes it write the file): collapsed
+    stacks (py-spy's raw format) for a .txt file, speedscope otherwise."""
     py_spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
     portal = next(process for name, process in procs.running if name == "portal")
     procs.start(
         "py-spy",
-        [py_spy, "record", "--pid", str(portal.pid), "--rate", "250", "--nonblocking", "--format", "speedscope", "-o", str(output.resolve())],
+        [py_spy, "record", "--pid", str(portal.pid), "--rate", "250", "--nonblocking", "--format", "raw" if output.suffix == ".txt" else "speedscope", "-o", str(output.resolve())],
         clean_env(),
         output.with_suffix(".log"),
         stop_signal=signal.SIGINT,

@@ -16,7 +16,9 @@ from rest_framework import exceptions
 from accounts.audit import audit_record
 from accounts.models import ApiKey, Organization, User
 from portal import live
-from portal.db import db_value, first_row, insert_row, lock_rows_of, one_writer_at_a_time, save_fields
+from portal.db import (
+    db_value, first_row, insert_row, lock_rows_of, one_writer_at_a_time, save_fields, statement, this_thread_db,
+)
 from portal.errors import DATABASE_DOWN, Conflict, PortalError
 from portal.redact import redact_secrets
 from tokens import hf_api, selectors
@@ -386,15 +388,12 @@ def _strategy_order_sql(strategy: str, now: datetime) -> tuple[str, list]:
 
 def _candidate_order(pool: TokenPool, now: datetime) -> list[int]:
     eligible, params = _eligible_tokens_sql(pool, now)
-    with connection.cursor() as cursor:
-        if pool.strategy == Strategy.WEIGHTED_RANDOM:
-            cursor.execute(f"SELECT id, weight FROM tokens_hftoken WHERE {eligible}", params)
+    if pool.strategy == Strategy.WEIGHTED_RANDOM:
+        with statement(f"SELECT id, weight FROM tokens_hftoken WHERE {eligible}", params) as cursor:
             return _weighted_shuffle(cursor.fetchall())[:_CANDIDATES_TRIED]
-        order, order_params = _strategy_order_sql(pool.strategy, now)
-        cursor.execute(
-            f"SELECT id FROM tokens_hftoken WHERE {eligible} ORDER BY {order} LIMIT {_CANDIDATES_TRIED}",
-            [*params, *order_params],
-        )
+    order, order_params = _strategy_order_sql(pool.strategy, now)
+    sql = f"SELECT id FROM tokens_hftoken WHERE {eligible} ORDER BY {order} LIMIT {_CANDIDATES_TRIED}"
+    with statement(sql, [*params, *order_params]) as cursor:
         return [token_id for (token_id,) in cursor.fetchall()]
 
 
@@ -487,12 +486,12 @@ def _usage_counts(lease: Lease, metrics, delta: int) -> dict[tuple, int]:
 def _upsert_usage(counts: dict[tuple, int]) -> None:
     # In one order everywhere, so two upserts that share rows cannot deadlock on PostgreSQL.
     buckets = sorted(counts)
+    adapt_hour = this_thread_db().ops.adapt_datetimefield_value
     params = []
     for organization_id, dimension, key_id, hour, metric in buckets:
-        hour_value = connection.ops.adapt_datetimefield_value(hour)
-        params += [organization_id, dimension, key_id, hour_value, metric, counts[organization_id, dimension, key_id, hour, metric]]
-    with connection.cursor() as cursor:
-        cursor.execute(_COUNT_SQL.format(rows=", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(buckets))), params)
+        params += [organization_id, dimension, key_id, adapt_hour(hour), metric, counts[organization_id, dimension, key_id, hour, metric]]
+    with statement(_COUNT_SQL.format(rows=", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(buckets))), params):
+        pass
 
 
 @transaction.atomic
