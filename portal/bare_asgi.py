@@ -61,7 +61,8 @@ class PayloadTooLarge(PortalError):
 class AsgiExchange:
     def __init__(self, scope, receive, send):
         self.scope, self.receive, self._send = scope, receive, send
-        self.started = False
+        self.started = self.finished = False
+        self.content_type = ""
 
     def header(self, name: str) -> str:
         """A request header by its lower-case name ("" when absent), as Latin-1 like Django reads it."""
@@ -112,10 +113,11 @@ class AsgiExchange:
     async def start(self, status: int, content_type: str, headers: dict | None = None) -> None:
         raw = [(b"content-type", content_type.encode()), *_security_headers(self.is_secure())]
         raw += [(name.lower().encode("latin-1"), str(value).encode("latin-1")) for name, value in (headers or {}).items()]
-        self.started = True
+        self.started, self.content_type = True, content_type
         await self._send({"type": "http.response.start", "status": status, "headers": raw})
 
     async def body(self, data: bytes, more: bool = True) -> None:
+        self.finished = not more
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
     async def send_bytes(self, data: bytes, content_type: str, status: int = 200, headers: dict | None = None) -> None:
@@ -138,7 +140,8 @@ class AsgiExchange:
 
     async def until_disconnected(self, work) -> None:
         """Run `work` (the whole answer) to its end, or cancel it the moment the client hangs up. A bug in
-        it becomes a JSON 500 when nothing was sent yet, and is logged, never shown."""
+        it is logged, never shown: a JSON 500 when nothing was sent yet; once a stream has started, its
+        last event says server_error and the response ends, so the client is not left waiting."""
         task = asyncio.ensure_future(work)
         watcher = asyncio.ensure_future(self._disconnect())
         try:
@@ -150,9 +153,16 @@ class AsgiExchange:
         failure = results[0]
         if isinstance(failure, Exception):
             logger.error("%s %s failed", self.scope["method"], self.scope["path"], exc_info=failure)
-            if not self.started:
-                with contextlib.suppress(Exception):
-                    await self.send_json(error_payload("Internal server error.", "server_error"), 500)
+            with contextlib.suppress(Exception):
+                await self._end_after_failure()
+
+    async def _end_after_failure(self) -> None:
+        payload = error_payload("Internal server error.", "server_error")
+        if not self.started:
+            await self.send_json(payload, 500)
+        elif not self.finished:
+            event = b"data: " + json.dumps(payload).encode() + b"\n\n"
+            await self.body(event if self.content_type == "text/event-stream" else b"", more=False)
 
     async def _disconnect(self) -> None:
         while (await self.receive())["type"] != "http.disconnect":

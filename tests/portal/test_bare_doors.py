@@ -2,10 +2,14 @@
 label what its middleware would: an unknown Host, plain HTTP under PORTAL_HTTPS, and the security headers.
 These requests are refused before any database work (the tests allow none)."""
 
+import asyncio
+import json
+
 import httpx
 import pytest
 
 from portal.asgi import application
+from portal.bare_asgi import AsgiExchange
 
 BARE_PATHS = [("GET", "/keys/provision/hf"), ("POST", "/keys/report/hf"), ("GET", "/keys/provision"), ("POST", "/v1/chat/completions")]
 
@@ -54,3 +58,42 @@ async def test_a_body_nested_deeper_than_python_can_parse_is_a_json_400(settings
     response = await call("POST", "/v1/chat/completions", content=nested, headers={"Authorization": "Bearer pk_x_123456789"})
     assert response.status_code == 400, response.text
     assert response.json()["error_type"] == "validation"
+
+
+async def _run_failing_answer(answer) -> list[dict]:
+    """What a bare door sends when its answer raises (a bug of ours), with a client that stays connected."""
+    sent, hang_up = [], asyncio.Event()
+
+    async def receive():
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    exchange = AsgiExchange({"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}, receive, send)
+    await asyncio.wait_for(exchange.until_disconnected(answer(exchange)), timeout=5)
+    hang_up.set()
+    return sent
+
+
+async def test_a_bug_before_anything_was_sent_is_a_json_500():
+    async def answer(exchange):
+        raise RuntimeError("a bug")
+
+    start, body = await _run_failing_answer(answer)
+    assert start["status"] == 500
+    assert json.loads(body["body"]) == {"error": "Internal server error.", "error_type": "server_error"}
+    assert "a bug" not in str(body)
+
+
+async def test_a_bug_mid_stream_ends_the_stream_with_an_error_event_instead_of_leaving_the_client_waiting():
+    async def answer(exchange):
+        await exchange.start(200, "text/event-stream")
+        await exchange.body(b'data: {"choices": []}\n\n')
+        raise RuntimeError("a bug with a secret hf_abcdefghijklmnop")
+
+    start, first, last = await _run_failing_answer(answer)
+    assert (start["status"], first["more_body"]) == (200, True)
+    assert last["more_body"] is False
+    assert last["body"] == b'data: {"error": "Internal server error.", "error_type": "server_error"}\n\n'
