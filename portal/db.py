@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import functools
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
@@ -39,6 +39,11 @@ def on_db_threads(func):
         return await asyncio.get_running_loop().run_in_executor(_executor, _run_and_tidy, func, args, kwargs)
 
     return on_a_database_thread
+
+
+def submit_to_db_threads(func, *args, **kwargs) -> Future:
+    """Run `func` on the database threads without waiting for it: its future says when it is done."""
+    return _executor.submit(_run_and_tidy, func, args, kwargs)
 
 
 _sqlite_writer = threading.Lock()

@@ -8,7 +8,7 @@ A value that is not a Fernet key is stretched into one with SHA-256.
 import base64
 import hashlib
 import os
-from functools import cache
+from functools import cache, lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -34,11 +34,19 @@ def encrypt_secret(secret: str) -> str:
 
 def decrypt_secret(ciphertext: str) -> str:
     try:
-        return _cipher().decrypt(ciphertext.encode()).decode()
+        return _decrypted(ciphertext)
     except InvalidToken:
         raise RuntimeError(
             "Cannot decrypt an HF token: PORTAL_ENCRYPTION_KEY (or SECRET_KEY) differs from the one it was stored with."
         ) from None
+
+
+@lru_cache(maxsize=4096)
+def _decrypted(ciphertext: str) -> str:
+    """Remembered per ciphertext: every lease decrypts its token, and Fernet's MAC check and AES took a
+    few percent of a relayed chat's CPU. The plaintext lives in this process's memory either way (with
+    the keys that decrypt it); nothing else changes. A re-encrypted or rotated secret is a new ciphertext."""
+    return _cipher().decrypt(ciphertext.encode()).decode()
 
 
 def secret_fingerprint(organization_id: int, secret: str) -> str:

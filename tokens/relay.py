@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import httpx
 from django.conf import settings
 
-from portal.db import on_db_threads
+from portal.db import on_db_threads, submit_to_db_threads
 from portal.errors import DATABASE_DOWN, database_unavailable
 from portal.redact import redact_secrets
 from tokens import services
@@ -262,7 +262,9 @@ async def _with_rotation(*, organization, user, api_key, pool: TokenPool, attemp
     yield last_failure
 
 
-_reports_in_flight: set[asyncio.Task] = set()  # held so none is collected before it has run
+# Reports written in the background: futures queued on the database threads, and tasks waiting to retry
+# one that found the database down. Held so none is collected before it has run.
+_reports_in_flight: set = set()
 # How long a report waits for a database that is down (restarting, failing over) before it is given up:
 # about six minutes, pause by pause. A lease whose report is given up ends by its TTL, as expired.
 REPORT_RETRY_PAUSES = (0.5, 1, 2, 4, 8, 15, 30, 60, 60, 60, 60, 60)
@@ -273,35 +275,60 @@ async def _report_or_keep_trying(**report) -> None:
     try:
         await _report(**report)
     except DATABASE_DOWN:
-        _report_in_background(report)
+        _keep_trying(report)
 
 
 def _report_in_background(report: dict) -> None:
+    """Queue the report on the database threads and go on. Unlike awaiting it, this costs the event loop
+    no wake-up when the write is done: at one request at a time, that wake-up was a visible share of a
+    relayed chat's CPU."""
+    loop = asyncio.get_running_loop()
+    queued = submit_to_db_threads(services.report_outcome, **report)
+    _reports_in_flight.add(queued)
+    queued.add_done_callback(lambda done: _background_report_done(done, loop, report))
+
+
+def _background_report_done(done, loop: asyncio.AbstractEventLoop, report: dict) -> None:
+    """On the database thread that wrote it (or failed to)."""
+    failure = done.exception()
+    if isinstance(failure, DATABASE_DOWN) and not loop.is_closed():
+        loop.call_soon_threadsafe(_keep_trying, report, done)  # it stays in flight until the retry is
+        return
+    _reports_in_flight.discard(done)
+    if failure is not None:
+        # The lease stays open and ends by its TTL, as expired: logged, because that is not what happened.
+        logger.error("could not record a relayed lease's outcome", exc_info=failure)
+
+
+def _keep_trying(report: dict, replacing=None) -> None:
     task = asyncio.get_running_loop().create_task(_report_until_recorded(report))
     _reports_in_flight.add(task)
-    task.add_done_callback(_report_done)
+    _reports_in_flight.discard(replacing)
+    task.add_done_callback(_retry_done)
 
 
 async def _report_until_recorded(report: dict) -> None:
     for pause in REPORT_RETRY_PAUSES:
+        await asyncio.sleep(pause)
         try:
             return await _report(**report)
         except DATABASE_DOWN:
-            await asyncio.sleep(pause)
-    await _report(**report)
+            pass
+    raise RuntimeError(f"the database stayed unavailable for {sum(REPORT_RETRY_PAUSES)} s")
+
+
+def _retry_done(task: asyncio.Task) -> None:
+    _reports_in_flight.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("could not record a relayed lease's outcome", exc_info=task.exception())
 
 
 async def reports_settled() -> None:
-    """Wait until every success reported in the background is written (a shutdown, a test's end)."""
+    """Wait until every report written in the background is written (a shutdown, a test's end)."""
     while _reports_in_flight:
-        await asyncio.gather(*_reports_in_flight, return_exceptions=True)
-
-
-def _report_done(task: asyncio.Task) -> None:
-    _reports_in_flight.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        # The lease stays open and ends by its TTL, as expired: logged, because that is not what happened.
-        logger.error("could not record a relayed lease's outcome", exc_info=task.exception())
+        pending = [item if isinstance(item, asyncio.Future) else asyncio.wrap_future(item) for item in list(_reports_in_flight)]
+        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.sleep(0)  # a retry handed over by a database thread is scheduled, not yet in the set
 
 
 def _failure_from(exc: Exception) -> _UpstreamFailure:
