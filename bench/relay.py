@@ -28,7 +28,8 @@ Per request: time to first chunk (TTFC: first `data:` event with non-empty delta
 chat.delta frame) and time to completion ([DONE], or chat.end). An error is a non-200 status, an error
 event or chat.error frame, a stream without [DONE] / chat.end, no content at all, or an exception.
 req/s is requests (errors included) over the wall time of the run. Each target gets 20 warm-up requests
-first, not counted. Defaults: 200 requests at concurrency 1, 1,000 at 20 and 200.
+first, not counted. Defaults: 500 requests at concurrency 1 (its medians move by milliseconds between
+runs of 200), 1,000 at 20 and 200.
 
 Then a websocket capacity check: --ws-connections (1,000) websockets opened at once on the one portal
 worker, and once all are open every one sends one chat.request at the same moment; it reports how many
@@ -405,7 +406,7 @@ async def bench(args, procs: "Processes", standin: str, portal: str, litellm: st
                 print(f"  (warm-up of {name}: {warm.errors} errors: {warm.messages.most_common(1)[0][0]})")
             for level in levels:
                 procs.check_alive()
-                requests = args.requests or (200 if level == 1 else 1000)
+                requests = args.requests or (500 if level == 1 else 1000)
                 cpu_before = procs.cpu_seconds(SERVER_OF[name])
                 if client:
                     result = await run_http(name, client, url, headers, requests, level, args.max_tokens)
@@ -424,7 +425,7 @@ async def bench(args, procs: "Processes", standin: str, portal: str, litellm: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=0, help="requests per run (default: 200 at c=1, 1000 otherwise)")
+    parser.add_argument("--requests", type=int, default=0, help="requests per run (default: 500 at c=1, 1000 otherwise)")
     parser.add_argument("--concurrency", default="1,20,200", help="comma-separated worker counts (default 1,20,200)")
     parser.add_argument("--max-tokens", type=int, default=16, help="chunks per stream (default 16)")
     parser.add_argument("--ws-connections", type=int, default=1000, help="websockets in the capacity check (0: skip it)")
