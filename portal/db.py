@@ -9,12 +9,12 @@ pays for opening one; a connection that failed is dropped and reopened on the ne
 import asyncio
 import contextlib
 import functools
+import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
-from django.db.backends.sqlite3.base import FORMAT_QMARK_REGEX
 
 _threads = 1 if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") else settings.PORTAL_DB_THREADS
 _executor = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="portal-db")
@@ -106,10 +106,13 @@ def quoted(name: str) -> str:
     return connection.ops.quote_name(name)
 
 
+_FORMAT_PLACEHOLDER = re.compile(r"(?<!%)%s")  # the rewrite Django's SQLite cursor makes on every call
+
+
 @functools.lru_cache(maxsize=512)
 def _qmark(sql: str) -> str:
-    """A statement in SQLite's own placeholders, as Django's SQLite cursor rewrites it on every call."""
-    return FORMAT_QMARK_REGEX.sub("?", sql).replace("%%", "%")
+    """A statement in SQLite's own placeholders (`?`), with `%%` back to `%`."""
+    return _FORMAT_PLACEHOLDER.sub("?", sql).replace("%%", "%")
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import httpx
@@ -299,10 +300,13 @@ def _report_in_background(report: dict) -> None:
 
 def _background_report_done(done, loop: asyncio.AbstractEventLoop, report: dict) -> None:
     """On the database thread that wrote it (or failed to)."""
-    failure = done.exception()
-    if isinstance(failure, DATABASE_DOWN) and not loop.is_closed():
-        loop.call_soon_threadsafe(_keep_trying, report, done)  # it stays in flight until the retry is
-        return
+    failure = None if done.cancelled() else done.exception()
+    if isinstance(failure, DATABASE_DOWN) and loop.is_running():
+        try:
+            loop.call_soon_threadsafe(_keep_trying, report, done)  # in flight until the retry replaces it
+            return
+        except RuntimeError:  # the loop closed meanwhile: nothing will retry it
+            pass
     _reports_in_flight.discard(done)
     if failure is not None:
         # The lease stays open and ends by its TTL, as expired: logged, because that is not what happened.
@@ -317,13 +321,14 @@ def _keep_trying(report: dict, replacing=None) -> None:
 
 
 async def _report_until_recorded(report: dict) -> None:
+    last_failure = None
     for pause in REPORT_RETRY_PAUSES:
         await asyncio.sleep(pause)
         try:
             return await _report(**report)
-        except DATABASE_DOWN:
-            pass
-    raise RuntimeError(f"the database stayed unavailable for {sum(REPORT_RETRY_PAUSES)} s")
+        except DATABASE_DOWN as exc:
+            last_failure = exc
+    raise RuntimeError(f"the database stayed unavailable for {sum(REPORT_RETRY_PAUSES)} s") from last_failure
 
 
 def _retry_done(task: asyncio.Task) -> None:
@@ -334,10 +339,26 @@ def _retry_done(task: asyncio.Task) -> None:
 
 async def reports_settled() -> None:
     """Wait until every report written in the background is written (a shutdown, a test's end)."""
-    while _reports_in_flight:
-        pending = [item if isinstance(item, asyncio.Future) else asyncio.wrap_future(item) for item in list(_reports_in_flight)]
-        await asyncio.gather(*pending, return_exceptions=True)
-        await asyncio.sleep(0)  # a retry handed over by a database thread is scheduled, not yet in the set
+    loop = asyncio.get_running_loop()
+    while True:
+        waiting = []
+        for item in list(_reports_in_flight):
+            if isinstance(item, Future):  # queued on a database thread
+                waiting.append(asyncio.wrap_future(item))
+            elif item.get_loop() is loop:  # a retry after an outage, on this loop
+                waiting.append(item)
+            elif not item.get_loop().is_running():
+                # A retry left on an event loop that has stopped (a shutdown, a test's loop): it will not run.
+                _reports_in_flight.discard(item)
+                logger.error("could not record a relayed lease's outcome: its retry's event loop stopped")
+        if not waiting:
+            return
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await asyncio.sleep(0)  # a retry handed over by a database thread runs, and takes its future's place
+        for stranded in [item for item in _reports_in_flight if isinstance(item, Future) and item.done()]:
+            # Its retry was handed to an event loop that stopped before running it.
+            _reports_in_flight.discard(stranded)
+            logger.error("could not record a relayed lease's outcome: its retry's event loop stopped")
 
 
 def _failure_from(exc: Exception) -> _UpstreamFailure:

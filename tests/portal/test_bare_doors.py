@@ -97,3 +97,13 @@ async def test_a_bug_mid_stream_ends_the_stream_with_an_error_event_instead_of_l
     assert (start["status"], first["more_body"]) == (200, True)
     assert last["more_body"] is False
     assert last["body"] == b'data: {"error": "Internal server error.", "error_type": "server_error"}\n\n'
+
+
+async def test_a_bug_after_the_stream_ended_sends_nothing_more():
+    async def answer(exchange):
+        await exchange.start(200, "text/event-stream")
+        await exchange.body(b"data: [DONE]\n\n", more=False)
+        raise RuntimeError("a bug in the clean-up")
+
+    start, last = await _run_failing_answer(answer)
+    assert (start["status"], last["body"], last["more_body"]) == (200, b"data: [DONE]\n\n", False)
