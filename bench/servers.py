@@ -60,10 +60,10 @@ class Processes:
         self.running: list[tuple[str, subprocess.Popen]] = []
         self.stop_signals: dict[int, int] = {}
 
-    def start(self, name: str, args: list[str], env: dict, log: Path, stop_signal=signal.SIGTERM) -> subprocess.Popen:
+    def start(self, name: str, args: list[str], env: dict, log: Path, stop_signal=signal.SIGTERM, cwd: Path = ROOT) -> subprocess.Popen:
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.running.append((name, process))
         self.stop_signals[process.pid] = stop_signal
@@ -121,9 +121,12 @@ def start_standin(procs: Processes, workdir: Path) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def start_portal(procs: Processes, workdir: Path, standin: str, tokens: int = 20, **env_extra: str) -> tuple[str, Path]:
-    """One daphne worker on its own SQLite database, bootstrapped with ADMIN_KEY, with `tokens` good tokens."""
-    var_dir = workdir / "portal-var"
+def start_portal(
+    procs: Processes, workdir: Path, standin: str, tokens: int = 20, *, root: Path = ROOT, name: str = "portal", **env_extra: str
+) -> tuple[str, Path]:
+    """One daphne worker on its own SQLite database, bootstrapped with ADMIN_KEY, with `tokens` good tokens;
+    `root` is the source tree it runs (bench/ab.py runs two), `name` what Processes calls it."""
+    var_dir = workdir / f"{name}-var"
     var_dir.mkdir()
     env = clean_env(
         PORTAL_VAR_DIR=str(var_dir),
@@ -138,15 +141,16 @@ def start_portal(procs: Processes, workdir: Path, standin: str, tokens: int = 20
         **env_extra,
     )
     manage = [PYTHON, "manage.py"]
-    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, cwd=ROOT, check=True)
-    subprocess.run([*manage, "bootstrap"], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, cwd=root, check=True)
+    subprocess.run([*manage, "bootstrap"], env=env, cwd=root, check=True, stdout=subprocess.DEVNULL)
     port = free_port()
-    log = workdir / "portal.log"
+    log = workdir / f"{name}.log"
     process = procs.start(
-        "portal",
+        name,
         [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
         env,
         log,
+        cwd=root,
     )
     wait_until(lambda: port_open(port), "the portal", 60, process)
     url = f"http://127.0.0.1:{port}"
