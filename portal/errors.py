@@ -42,10 +42,34 @@ class DatabaseUnavailable(PortalError):
     wait = 1  # Retry-After
 
 
-DATABASE_DOWN = (db.OperationalError, db.InterfaceError)  # the database is down, restarting or failing over
+class DatabaseBusy(DatabaseUnavailable):
+    """The database is up but refused this transaction for contention (a lock wait, a deadlock, a
+    serialization failure): as retryable as an outage, but not one, so it is not labelled as one."""
+
+    default_detail = "The database is busy; try again in a moment."
+    error_type = "database_busy"
+
+
+# The database is down, restarting or failing over, or refused the transaction for contention: Django
+# reports both as OperationalError.
+DATABASE_DOWN = (db.OperationalError, db.InterfaceError)
+
+# PostgreSQL's SQLSTATEs for contention: serialization_failure, deadlock_detected, lock_not_available.
+_CONTENTION_SQLSTATES = {"40001", "40P01", "55P03"}
+_CONTENTION_MESSAGES = ("database is locked", "database table is locked")  # SQLite, past its busy timeout
+
+
+def _is_contention(exc: Exception) -> bool:
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) in _CONTENTION_SQLSTATES:
+        return True
+    return any(message in str(exc).lower() for message in _CONTENTION_MESSAGES)
 
 
 def database_unavailable(exc: Exception) -> DatabaseUnavailable:
+    if _is_contention(exc):
+        logger.warning("database busy: %s", type(exc.__cause__ or exc).__name__)
+        return DatabaseBusy()
     logger.warning("database unavailable: %s", type(exc).__name__)
     return DatabaseUnavailable()
 

@@ -72,6 +72,32 @@ def test_a_database_that_fails_mid_request_is_a_quick_503_not_a_500(member, clie
     assert response["Retry-After"] == "1"
 
 
+class _DeadlockDetected(Exception):
+    sqlstate = "40P01"  # as psycopg's errors carry it
+
+
+@pytest.mark.parametrize("database", ["postgresql-deadlock", "sqlite-locked"])
+def test_a_database_busy_with_other_transactions_is_a_503_that_says_busy_not_down(member, client_for, make_token, organization, monkeypatch, database):
+    from django.db import OperationalError
+
+    from tokens import services
+
+    _, key = member
+    make_token(organization)
+
+    def contended(**kwargs):
+        if database == "sqlite-locked":
+            raise OperationalError("database is locked")
+        raise OperationalError("deadlock detected") from _DeadlockDetected("deadlock detected")
+
+    monkeypatch.setattr(services, "lease_token", contended)
+    response = client_for(key).get("/keys/provision/hf")
+
+    assert response.status_code == 503
+    assert response.json()["error_type"] == "database_busy"
+    assert response["Retry-After"] == "1"
+
+
 async def test_the_bare_chat_door_answers_503_when_the_database_is_down(monkeypatch):
     import httpx
     from django.db import InterfaceError
