@@ -4,12 +4,15 @@ import importlib.util
 import itertools
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
@@ -174,6 +177,24 @@ def start_portal_worker(env: dict, log_path) -> subprocess.Popen:
     wait_for_port(port)
     process.url = f"http://127.0.0.1:{port}"
     return process
+
+
+def new_organization_admin_key(worker_url: str, admin_key: str, slug_prefix: str) -> str:
+    """A fresh organization on a worker a test started, made through the admin API; its admin's API key."""
+    slug = f"{slug_prefix}-{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=worker_url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=10) as admin:
+        admin.post("/admin/organizations", json={"name": slug, "slug": slug}).raise_for_status()
+        created = admin.post("/admin/users", json={"username": f"{slug}-admin", "role": "admin", "organization": slug})
+        created.raise_for_status()
+        return created.json()["api_key"]
+
+
+def stop_portal_workers(*workers: subprocess.Popen | None, how: int = signal.SIGTERM) -> None:
+    """Stop the workers a test started that are still running (the whole process group of each)."""
+    for worker in workers:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, how)
+            worker.wait(timeout=10)
 
 
 LIVE_ADMIN_KEY = "pk_live_portal_admin_key_for_tests_0123456789"

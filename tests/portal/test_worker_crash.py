@@ -10,7 +10,7 @@ import uuid
 
 import httpx
 
-from tests.conftest import prepared_portal_env, start_portal_worker
+from tests.conftest import new_organization_admin_key, prepared_portal_env, start_portal_worker, stop_portal_workers
 
 ADMIN_KEY = "pk_crash_test_admin_key_0123456789abcdefgh"
 LEASE_TTL = 8  # long enough for the replacement worker to start before the leases expire
@@ -39,14 +39,10 @@ def test_a_worker_killed_mid_stream_leaves_nothing_stuck(standin_url, tmp_path):
     worker = start_portal_worker(env, tmp_path / "worker-a.log")
     replacement = None
     try:
-        slug = f"crash-{uuid.uuid4().hex[:8]}"
-        with httpx.Client(base_url=worker.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10) as admin:
-            admin.post("/admin/organizations", json={"name": slug, "slug": slug}).raise_for_status()
-            org_admin = admin.post("/admin/users", json={"username": f"{slug}-admin", "role": "admin", "organization": slug}).json()
-        org = httpx.Client(base_url=worker.url, headers={"Authorization": f"Bearer {org_admin['api_key']}"}, timeout=10)
+        key = new_organization_admin_key(worker.url, ADMIN_KEY, "crash")
+        org = httpx.Client(base_url=worker.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
         for n in range(2):  # one lease each at most: two held streams take the whole pool
             org.post("/admin/tokens", json={"token": f"hf_crash_ok_{n}_{uuid.uuid4().hex}", "max_concurrent_leases": 1}).raise_for_status()
-        key = org_admin["api_key"]
 
         started = [threading.Event(), threading.Event()]
         streams = [threading.Thread(target=hold_stream, args=(worker.url, key, event), daemon=True) for event in started]
@@ -85,7 +81,4 @@ def test_a_worker_killed_mid_stream_leaves_nothing_stuck(standin_url, tmp_path):
         tokens = org.get("/admin/tokens").json()["results"]
         assert [token["status"] for token in tokens] == ["active", "active"]  # an expiry is not the token's fault
     finally:
-        for process in (worker, replacement):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=10)
+        stop_portal_workers(worker, replacement)

@@ -15,7 +15,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import prepared_portal_env, start_portal_worker
+from tests.conftest import new_organization_admin_key, prepared_portal_env, start_portal_worker, stop_portal_workers
 from tests.portal.test_worker_crash import hold_stream
 
 ADMIN_KEY = "pk_stop_test_admin_key_0123456789abcdefghij"
@@ -37,11 +37,7 @@ def test_a_worker_stopped_right_after_relaying_still_records_every_lease(standin
     worker = start_portal_worker(env, tmp_path / "worker-a.log")
     replacement = None
     try:
-        slug = f"stop-{uuid.uuid4().hex[:8]}"
-        with httpx.Client(base_url=worker.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10) as admin:
-            admin.post("/admin/organizations", json={"name": slug, "slug": slug}).raise_for_status()
-            org_admin = admin.post("/admin/users", json={"username": f"{slug}-admin", "role": "admin", "organization": slug}).json()
-        key = org_admin["api_key"]
+        key = new_organization_admin_key(worker.url, ADMIN_KEY, "stop")
         with httpx.Client(base_url=worker.url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as org:
             for n in range(3):
                 org.post("/admin/tokens", json={"token": f"hf_stop_ok_{n}_{uuid.uuid4().hex}"}).raise_for_status()
@@ -67,7 +63,4 @@ def test_a_worker_stopped_right_after_relaying_still_records_every_lease(standin
         assert sum(token["success_count"] for token in token_rows) == CHATS
         assert sum(token["active_leases"] for token in token_rows) == 0
     finally:
-        for process in (worker, replacement):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        stop_portal_workers(worker, replacement, how=signal.SIGKILL)
