@@ -36,7 +36,7 @@ def on_db_threads(func):
 
     @functools.wraps(func)
     async def on_a_database_thread(*args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(_executor, _run_and_tidy, func, args, kwargs)
+        return await asyncio.wrap_future(submit_to_db_threads(func, *args, **kwargs))
 
     return on_a_database_thread
 
