@@ -147,7 +147,7 @@ def start_portal(
     log = workdir / f"{name}.log"
     process = procs.start(
         name,
-        [PYTHON, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+        [PYTHON, "-m", "portal.serve", "-v", "0", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
         env,
         log,
         cwd=root,

@@ -76,7 +76,7 @@ def portal_with_env(tmp_path):
     def start(**env) -> str:
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+            [sys.executable, "-m", "portal.serve", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
             env={**os.environ, "PORTAL_VAR_DIR": str(tmp_path), "DATABASE_URL": "", "REDIS_URL": "", **env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

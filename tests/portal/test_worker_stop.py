@@ -4,7 +4,9 @@ cancelled (not the token's fault), so no relayed lease is left open to expire.
 
 Whether successes are still queued when the signal lands depends on timing: with a worker made to exit
 without finishing its queued database work, the "idle" case failed in 2 of 3 runs (3 of 48 successes
-missing). With a stream held, its cancelled report queues behind them and daphne waits for it."""
+missing). With a stream held, its cancelled report queues behind them and the worker waits for it:
+portal.serve.GracefulServer waits for every cut request, where daphne alone waited for the first (this test
+failed 1 run in 8 that way)."""
 
 import asyncio
 import os
