@@ -24,7 +24,7 @@ from rest_framework import exceptions
 
 from accounts.roles import Perm
 from portal.bare_asgi import AsgiExchange, ClientGone
-from portal.db import on_db_threads
+from portal.db import on_loop_when_free
 from portal.errors import DATABASE_DOWN, error_payload
 from portal.rate_limit import acheck_key_rate
 from tokens import services
@@ -77,7 +77,7 @@ async def _provision(exchange: AsgiExchange, caller: Caller) -> tuple[dict, dict
     return await _lease(caller, pool, query["client_name"]), PROVISION_HEADERS
 
 
-@on_db_threads
+@on_loop_when_free
 def _lease(caller: Caller, pool, client_name: str) -> dict:
     grant = services.lease_token(
         organization=caller.organization, pool=pool, user=caller.user, api_key=caller.api_key, client_name=client_name
@@ -105,7 +105,7 @@ def _json_body(content_type: str, raw: bytes):
     return load_json(text)
 
 
-@on_db_threads
+@on_loop_when_free
 def _report_outcome(caller: Caller, data: dict) -> dict:
     result = services.report_outcome(
         organization=caller.organization, user=caller.user, api_key=caller.api_key, **report_arguments(data)

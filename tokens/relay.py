@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import httpx
 from django.conf import settings
 
-from portal.db import on_db_threads, submit_to_db_threads
+from portal.db import on_loop_when_free, submit_soon
 from portal.errors import DATABASE_DOWN, database_unavailable
 from portal.redact import redact_secrets
 from tokens import services
@@ -164,8 +164,8 @@ async def _sse_payloads(response: httpx.Response) -> AsyncIterator[list[bytes]]:
             yield payloads
 
 
-_report = on_db_threads(services.report_outcome)
-_lease = on_db_threads(services.lease_token)
+_report = on_loop_when_free(services.report_outcome)
+_lease = on_loop_when_free(services.lease_token)
 
 
 def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) -> AsyncIterator[RelayEvent]:
@@ -289,17 +289,18 @@ async def _report_or_keep_trying(**report) -> None:
 
 
 def _report_in_background(report: dict) -> None:
-    """Queue the report on the database threads and go on. Unlike awaiting it, this costs the event loop
-    no wake-up when the write is done: at one request at a time, that wake-up was a visible share of a
-    relayed chat's CPU."""
+    """Write the report once the answer's last bytes are on their way, and go on: on the loop when
+    SQLite's writer is free, else queued on a database thread, where (unlike awaiting it) it costs the
+    event loop no wake-up when the write is done; at one request at a time, that wake-up was a visible
+    share of a relayed chat's CPU."""
     loop = asyncio.get_running_loop()
-    queued = submit_to_db_threads(services.report_outcome, **report)
+    queued = submit_soon(services.report_outcome, **report)
     _reports_in_flight.add(queued)
     queued.add_done_callback(lambda done: _background_report_done(done, loop, report))
 
 
 def _background_report_done(done, loop: asyncio.AbstractEventLoop, report: dict) -> None:
-    """On the database thread that wrote it (or failed to)."""
+    """Where it was written, or failed to be: on the loop, or on a database thread."""
     failure = None if done.cancelled() else done.exception()
     if isinstance(failure, DATABASE_DOWN) and loop.is_running():
         try:

@@ -17,7 +17,8 @@ from accounts.audit import audit_record
 from accounts.models import ApiKey, Organization, User
 from portal import live
 from portal.db import (
-    db_value, first_row, insert_row, lock_rows_of, one_writer_at_a_time, save_fields, statement, this_thread_db,
+    current_db, db_value, first_row, insert_row, lock_rows_of, on_commit, require_database_thread, save_fields,
+    statement, write_transaction,
 )
 from portal.errors import DATABASE_DOWN, Conflict, PortalError
 from portal.redact import redact_secrets
@@ -97,6 +98,7 @@ def pool_delete(*, pool: TokenPool, actor: User | None, ip: str | None = None) -
 
 def _record_status_change(token: HFToken, before: str, reason: str, actor_username: str = "") -> None:
     if token.status != before:
+        require_database_thread()
         TokenEvent.objects.create(
             organization_id=token.organization_id, token=token, from_status=before, to_status=token.status,
             reason=reason[:300], actor_username=actor_username,
@@ -106,12 +108,12 @@ def _record_status_change(token: HFToken, before: str, reason: str, actor_userna
             "status": token.status, "available_at": token.available_at.isoformat() if token.available_at else None,
             "reason": reason[:300],
         }
-        transaction.on_commit(lambda: live.notify(token.organization_id, "token.status", **event))
+        on_commit(lambda: live.notify(token.organization_id, "token.status", **event))
 
 
 def _notify_after_commit(lease: Lease, kind: str, **data) -> None:
     """Tell the organization's dashboards about a lease or report once it is committed (portal.live)."""
-    transaction.on_commit(
+    on_commit(
         lambda: live.notify(lease.organization_id, kind, token_id=lease.token_id, pool_id=lease.pool_id, **data)
     )
 
@@ -302,9 +304,10 @@ def lease_token(
     """Take the pool's next token by its strategy, atomically, and open a lease on it."""
     now = now or timezone.now()
     leases_expire_overdue(now=now)
-    with one_writer_at_a_time(), transaction.atomic():
+    with write_transaction():
         token = _lock_next_token(pool, now)
         if token is None:
+            require_database_thread()
             raise NoTokenAvailable(pool, selectors.seconds_until_token_returns(pool, now))
         before = token.status
         token.apply_policy_state(release_if_due(token.policy_state(), now))
@@ -413,6 +416,7 @@ def leases_expire_overdue(*, now: datetime, force: bool = False) -> int:
     global _last_expiry_sweep
     if not force and time.monotonic() - _last_expiry_sweep < 1.0:
         return 0
+    require_database_thread()
     _last_expiry_sweep = time.monotonic()
     expired = 0
     for lease in selectors.overdue_leases(now):
@@ -450,11 +454,11 @@ def _count_usage(lease: Lease, *metrics: str, delta: int = 1) -> None:
     each other. SQLite lets one writer in at a time anyway, so there it joins the caller's transaction,
     which saves a commit per lease and per report."""
     counts = _usage_counts(lease, metrics, delta)
-    if connection.vendor == "sqlite":
+    if current_db().vendor == "sqlite":
         _upsert_usage(counts)
     else:
-        # robust: a failure here is logged, never turned into an error for a lease that has committed
-        transaction.on_commit(lambda: _upsert_usage_after_commit(counts), robust=True)
+        # on_commit logs a failure here, never turning it into an error for a lease that has committed
+        on_commit(lambda: _upsert_usage_after_commit(counts))
 
 
 _usage_backlog: dict[tuple, int] = {}  # counts whose upsert found the database gone after their commit
@@ -486,7 +490,7 @@ def _usage_counts(lease: Lease, metrics, delta: int) -> dict[tuple, int]:
 def _upsert_usage(counts: dict[tuple, int]) -> None:
     # In one order everywhere, so two upserts that share rows cannot deadlock on PostgreSQL.
     buckets = sorted(counts)
-    adapt_hour = this_thread_db().ops.adapt_datetimefield_value
+    adapt_hour = current_db().ops.adapt_datetimefield_value
     params = []
     for organization_id, dimension, key_id, hour, metric in buckets:
         params += [organization_id, dimension, key_id, adapt_hour(hour), metric, counts[organization_id, dimension, key_id, hour, metric]]
@@ -555,7 +559,7 @@ def report_outcome(
         error_type = None
     elif blame_token and error_type not in ErrorType.ALL:
         error_type = classify_error(error)
-    with one_writer_at_a_time(), transaction.atomic():
+    with write_transaction():
         token = first_row(  # lock the token only, never its pool
             HFToken, "organization_id = %s AND id = %s", [organization.pk, token_id], lock=lock_rows_of(HFToken)
         )
@@ -609,6 +613,7 @@ def _lease_for_report(organization, token, lease_id, *, api_key, user) -> Lease:
     """The caller's own lease the report is about. Only a lease holder moves a token: otherwise any key of
     the organization could take every token out of rotation with made-up reports."""
     if lease_id is None:
+        require_database_thread()
         lease = selectors.lease_for_report(token, api_key=api_key, user=user)
         if lease is None:
             raise exceptions.NotFound("You hold no lease on this token: lease it before reporting on it.")

@@ -1,4 +1,4 @@
-"""The relay writes a success in the background, on the database thread, after the client has its answer.
+"""The relay writes a success in the background (on the loop, or on a database thread) after the client has its answer.
 A database that is down at that moment must not lose the outcome, and waiting for the writes
 (`reports_settled`, at a test's end or a shutdown) must end even when a retry can no longer run."""
 
@@ -8,6 +8,7 @@ import logging
 import pytest
 from django.db import OperationalError
 
+from portal import db
 from tokens import relay, services
 
 REPORT = {"organization": None, "token_id": 1, "lease_id": 1, "user": None, "success": True}
@@ -15,7 +16,8 @@ REPORT = {"organization": None, "token_id": 1, "lease_id": 1, "user": None, "suc
 
 @pytest.fixture
 def writes(monkeypatch):
-    """report_outcome replaced: fails while `writes["down"]` says so, else records the report."""
+    """report_outcome replaced: fails while `writes["down"]` says so, else records the report. Every write
+    goes to the database thread, as when the loop's SQLite writer is busy (or on PostgreSQL)."""
     state = {"down": 0, "recorded": []}
 
     def report_outcome(**report):
@@ -25,7 +27,8 @@ def writes(monkeypatch):
         state["recorded"].append(report)
 
     monkeypatch.setattr(services, "report_outcome", report_outcome)
-    monkeypatch.setattr(relay, "_report", relay.on_db_threads(report_outcome))
+    monkeypatch.setattr(db, "_run_on_loop", lambda func, args, kwargs: db._NOT_DONE)
+    monkeypatch.setattr(relay, "_report", db.on_loop_when_free(report_outcome))
     monkeypatch.setattr(relay, "REPORT_RETRY_PAUSES", (0.01, 0.01, 0.01))
     return state
 
