@@ -83,7 +83,25 @@ def _send_now(organization_id: int, event: dict) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    group, message = group_name(organization_id), {"type": "live.events", "events": [event]}
     try:
-        async_to_sync(layer.group_send)(group_name(organization_id), {"type": "live.events", "events": [event]})
+        running = asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: a thread of a process without a server
+        running = None
+    try:
+        if running is None:
+            async_to_sync(layer.group_send)(group, message)
+        else:  # work done right on an event loop (portal.db.on_loop_when_free) outside the server's loop
+            _sending.add(task := running.create_task(layer.group_send(group, message)))
+            task.add_done_callback(_sent)
     except Exception:
         logger.warning("could not send a live event to dashboards", exc_info=True)
+
+
+_sending: set = set()  # sends started on an event loop, held until done
+
+
+def _sent(task: asyncio.Task) -> None:
+    _sending.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("could not send a live event to dashboards", exc_info=task.exception())
