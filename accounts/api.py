@@ -119,7 +119,7 @@ class UserDetailApi(TenantAPIView):
         membership = services.user_update(membership=membership, **data, **self.audit)
         return Response(UserOutput(membership).data)
 
-    @extend_schema(responses=UserOutput, summary="Deactivate a user (history stays)")
+    @extend_schema(responses={200: UserOutput}, summary="Deactivate a user (history stays)")
     def delete(self, request, user_id: int):
         membership = selectors.membership_get(self.organization, user_id)
         membership = services.user_deactivate(membership=membership, **self.audit)
@@ -177,7 +177,7 @@ class ApiKeyDetailApi(ApiKeyListApi):
     def get(self, request, key_id: int):
         return Response(ApiKeyOutput(selectors.api_key_get(self.organization, key_id, user=self.key_owner)).data)
 
-    @extend_schema(responses=ApiKeyOutput, summary="Revoke an API key")
+    @extend_schema(responses={200: ApiKeyOutput}, summary="Revoke an API key")
     def delete(self, request, key_id: int):
         api_key = selectors.api_key_get(self.organization, key_id, user=self.key_owner)
         api_key = services.api_key_revoke(api_key=api_key, **self.audit)
