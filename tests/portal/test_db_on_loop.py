@@ -17,6 +17,7 @@ from tokens.models import HFToken, Lease, Outcome, TokenEvent, TokenPool, UsageC
 from tokens.policy import Status
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the loop has a connection of its own
+sqlite_only = pytest.mark.skipif(not db._SQLITE, reason="the event loop's own connection is SQLite's; PostgreSQL writes on its threads")
 
 
 @pytest.fixture
@@ -54,6 +55,7 @@ def usage(organization, metric: str) -> int:
     return sum(UsageCounter.objects.filter(organization=organization, dimension="pool", metric=metric).values_list("count", flat=True))
 
 
+@sqlite_only
 def test_a_lease_and_its_report_run_on_the_loop_and_are_written(loop_connection, organization, holder, make_token):
     token = make_token(organization, secret="hf_on_the_loop_abcdefghijklmnop")
     pool = TokenPool.objects.get(organization=organization, name="default")
@@ -76,6 +78,7 @@ def test_a_lease_and_its_report_run_on_the_loop_and_are_written(loop_connection,
     assert usage(organization, "leases") == 1 and usage(organization, Outcome.SUCCESS) == 1
 
 
+@sqlite_only
 def test_a_busy_writer_sends_the_lease_to_the_database_thread_and_the_loop_goes_on(loop_connection, organization, holder, make_token):
     make_token(organization)
     pool = TokenPool.objects.get(organization=organization, name="default")
@@ -104,6 +107,7 @@ def test_a_busy_writer_sends_the_lease_to_the_database_thread_and_the_loop_goes_
     assert Lease.objects.filter(pk=grant.lease.pk, reported_at=None).exists()
 
 
+@sqlite_only
 def test_a_lease_that_needs_the_orm_starts_over_on_the_thread_and_is_written_once(loop_connection, organization, holder, make_token):
     """A quarantined token whose time is up goes back into rotation as it is leased: its status event is
     written with the ORM, so the lease is rolled back on the loop and made again on the thread."""
@@ -121,6 +125,7 @@ def test_a_lease_that_needs_the_orm_starts_over_on_the_thread_and_is_written_onc
     assert usage(organization, "leases") == 1
 
 
+@sqlite_only
 def test_an_empty_pool_answers_with_when_a_token_returns(loop_connection, organization, holder, make_token):
     token = make_token(organization)
     HFToken.objects.filter(pk=token.pk).update(status=Status.COOLING, available_at=timezone.now() + timedelta(seconds=30))
@@ -132,6 +137,7 @@ def test_an_empty_pool_answers_with_when_a_token_returns(loop_connection, organi
     assert not Lease.objects.exists()
 
 
+@sqlite_only
 def test_a_failure_after_the_commit_is_logged_and_the_lease_not_made_again(loop_connection, organization, holder, make_token, monkeypatch, caplog):
     token = make_token(organization)
     pool = TokenPool.objects.get(organization=organization, name="default")
@@ -142,3 +148,14 @@ def test_a_failure_after_the_commit_is_logged_and_the_lease_not_made_again(loop_
     token.refresh_from_db()
     assert token.lease_count == 1 and list(Lease.objects.values_list("pk", flat=True)) == [grant.lease.pk]
     assert any("on-commit callback failed" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.skipif(db._SQLITE, reason="on SQLite the lease runs on the loop (the tests above)")
+def test_on_postgresql_a_lease_runs_on_a_database_thread(organization, holder, make_token):
+    make_token(organization)
+    pool = TokenPool.objects.get(organization=organization, name="default")
+    lease_token, calls = where_it_ran(services.lease_token)
+    for _ in range(2):  # the first call would open the loop's connection, if there were one
+        asyncio.run(db.on_loop_when_free(lease_token)(organization=organization, pool=pool, user=holder))
+    assert calls == [(False, False), (False, False)]
+    assert db._loop_db is None
