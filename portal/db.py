@@ -15,7 +15,7 @@ import functools
 import logging
 import re
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextvars import ContextVar
 
 from django.conf import settings
@@ -307,6 +307,8 @@ def submit_soon(func, *args, **kwargs) -> Future:
 
 
 def _run_soon(outcome: Future, func, args, kwargs) -> None:
+    if not outcome.set_running_or_notify_cancel():  # whoever waited for it gave up: not run at all
+        return
     try:
         result = _run_on_loop(func, args, kwargs)
     except BaseException as exc:
@@ -321,7 +323,7 @@ def _run_soon(outcome: Future, func, args, kwargs) -> None:
 
 def _pass_on(done: Future, outcome: Future) -> None:
     if done.cancelled():  # the threads shut down before running it
-        outcome.cancel()
+        outcome.set_exception(CancelledError())
     elif (failure := done.exception()) is not None:
         outcome.set_exception(failure)
     else:
@@ -364,8 +366,9 @@ def _loop_transaction(loop_db):
         with loop_db.wrap_database_errors:
             raw.execute("COMMIT")
     except BaseException:
-        if raw.in_transaction:
-            raw.rollback()
+        with contextlib.suppress(Exception):  # the error that got us here is the one to report
+            if raw.in_transaction:
+                raw.rollback()
         _loop_after_commit.clear()
         raise
     _loop_committed = True
@@ -374,11 +377,16 @@ def _loop_transaction(loop_db):
         submit_to_db_threads(_checkpoint)
     callbacks = list(_loop_after_commit)
     _loop_after_commit.clear()
-    for callback in callbacks:
-        try:
-            callback()
-        except Exception:
-            logger.exception("an on-commit callback failed")
+    # Outside the loop connection's context: a task a callback starts must not inherit it.
+    outside = _on_loop.set(None)
+    try:
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("an on-commit callback failed")
+    finally:
+        _on_loop.reset(outside)
 
 
 def _open_loop_db_soon() -> None:
@@ -392,6 +400,11 @@ def _open_loop_db() -> None:
     try:
         loop_db = connections.create_connection(DEFAULT_DB_ALIAS)
         loop_db.connect()  # SQLite connections may be used from any thread (check_same_thread=False)
+        (journal,) = loop_db.connection.execute("PRAGMA journal_mode").fetchone()
+        if journal.lower() not in ("wal", "memory"):  # elsewhere every commit would fsync on the loop
+            logger.info("SQLite's journal is %s, not WAL: writes stay on the database thread", journal)
+            loop_db.connection.close()
+            return
         loop_db.connection.execute("PRAGMA busy_timeout = 0")  # a lock held elsewhere: go to the thread, never wait
         loop_db.connection.execute("PRAGMA wal_autocheckpoint = 0")  # nor write the database file (_checkpoint)
         _loop_db = loop_db

@@ -15,13 +15,13 @@ import asyncio
 import logging
 from urllib.parse import parse_qsl, quote, unquote
 
-try:
-    import uvloop
-except ImportError:  # Windows: asyncio's own loop
-    uvloop = None
-
-if uvloop is not None:  # before daphne.server makes its loop, which it does as it is imported
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+if __name__ == "__main__":  # a worker, not an import (by a test): before daphne.server makes its loop on import
+    try:
+        import uvloop
+    except ImportError:  # Windows: asyncio's own loop
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 from daphne import cli
 from daphne.access import AccessLogGenerator
@@ -58,11 +58,19 @@ class ScrubbedAccessLog(AccessLogGenerator):
 
 
 class GracefulServer(Server):
+    def listen_success(self, port):
+        self.__dict__.setdefault("ports", []).append(port)
+        return super().listen_success(port)
+
     def kill_all_applications(self):
         """daphne's own cancels the running requests and waits with a plain asyncio.gather, which ends as
         soon as the first of them has ended, cancelled: the worker then exited while others were still
         recording how they ended (a stream cut by the stop, its lease's `cancelled` not yet written; 1 run
-        in 8 of tests/portal/test_worker_stop.py). This one waits for all of them."""
+        in 8 of tests/portal/test_worker_stop.py). This one first stops taking new connections (Twisted
+        closes its ports only after this wait), then waits for every request it cancelled, for at most
+        daphne's --application-close-timeout."""
+        for port in self.__dict__.get("ports", []):
+            port.stopListening()
         running = [
             instance
             for details in self.connections.values()
@@ -71,7 +79,15 @@ class GracefulServer(Server):
         for instance in running:
             instance.cancel()
         logger.info("Stopping %i running requests", len(running))
-        return defer.Deferred.fromFuture(asyncio.gather(*running, return_exceptions=True))
+        return defer.Deferred.fromFuture(asyncio.ensure_future(_all_ended(running, self.application_close_timeout)))
+
+
+async def _all_ended(running: list, timeout: float) -> None:
+    if not running:
+        return
+    _, still_running = await asyncio.wait(running, timeout=timeout)
+    if still_running:
+        logger.warning("%i requests still running %s s after the stop: exiting without them", len(still_running), timeout)
 
 
 def main() -> None:
