@@ -14,12 +14,9 @@ of the per-round differences: what a change did, with the spread of the rounds t
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -27,15 +24,23 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from relay import WARMUP, run_http  # noqa: E402
-from servers import ADMIN_KEY, ROOT, Processes, percentile, raise_fd_limit, start_portal, start_standin  # noqa: E402
+from servers import ADMIN_KEY, ROOT, Processes, bench_run, percentile, start_portal, start_standin  # noqa: E402
 
 SIDES = ("base", "new")
 
 
 def worktree_of(rev: str, folder: Path) -> Path:
-    tree = folder / "base-tree"
+    tree = folder / BASE_TREE
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(tree), rev], check=True)
     return tree
+
+
+def remove_worktree(folder: Path) -> None:
+    if (folder / BASE_TREE).exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder / BASE_TREE)], check=False)
+
+
+BASE_TREE = "base-tree"
 
 
 async def rounds(args, procs: Processes, portals: dict[str, str]) -> dict[str, list[tuple[float, float, float]]]:
@@ -87,13 +92,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16, help="chunks per stream (default 16)")
     args = parser.parse_args()
 
-    raise_fd_limit()
-    started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="portal-bench-ab-"))
-    procs = Processes()
-    base_tree = None
-    exit_code = 0
-    try:
+    with bench_run("ab", after_stop=remove_worktree) as (procs, workdir):
         base_tree = worktree_of(args.base, workdir)
         standin = start_standin(procs, workdir)
         portals = {
@@ -102,16 +101,6 @@ def main() -> None:
         }
         print(f"base = {args.base} at {portals['base']}, new = this working tree at {portals['new']}", flush=True)
         summarize(asyncio.run(rounds(args, procs, portals)))
-    except RuntimeError as exc:
-        print(f"\nbench stopped: {exc}", flush=True)
-        exit_code = 1
-    finally:
-        procs.stop_all()
-        if base_tree is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
-        print(f"\ntotal {time.perf_counter() - started:.0f} s")
-    sys.exit(exit_code)
 
 
 if __name__ == "__main__":

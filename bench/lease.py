@@ -25,9 +25,7 @@ absolute capacity.
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import ADMIN_KEY, Processes, percentile, raise_fd_limit, start_portal  # noqa: E402
+from servers import ADMIN_KEY, bench_run, percentile, start_portal  # noqa: E402
 
 WARMUP = 50
 CLIENT_CONNECTIONS = 4  # per httpx client; see bench()
@@ -178,10 +176,7 @@ def main() -> None:
     parser.add_argument("--url", help="a running portal (e.g. the nginx of `make cluster`) instead of starting one")
     parser.add_argument("--admin-key", default=ADMIN_KEY, help="its admin API key (with --url)")
     args = parser.parse_args()
-    raise_fd_limit()
-
-    procs, workdir = Processes(), Path(tempfile.mkdtemp(prefix="portal-bench-lease-"))
-    try:
+    with bench_run("lease") as (procs, workdir):
         if args.url:
             url, where = args.url.rstrip("/"), args.url
         else:
@@ -192,9 +187,6 @@ def main() -> None:
             where = "one daphne worker, SQLite, 20 tokens"
         loads = [float(load) for load in args.load.split(",")]
         trivial_run, lease_run, paced_runs = asyncio.run(bench(url, args.admin_key, args.pairs, args.concurrency, loads))
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\n{where}; concurrency {args.concurrency}")
     cpu_title = f"{'CPU ms/req':>12}" if SERVER_CPU else ""

@@ -11,9 +11,7 @@ the warm-up.
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import ADMIN_KEY, Processes, raise_fd_limit, start_portal, start_standin  # noqa: E402
+from servers import ADMIN_KEY, bench_run, start_portal, start_standin  # noqa: E402
 
 WARMUP = 2000
 BODY = {
@@ -84,16 +82,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--every", type=int, default=10_000, help="print the RSS after this many requests")
     args = parser.parse_args()
-    raise_fd_limit()
-    procs, workdir = Processes(), Path(tempfile.mkdtemp(prefix="portal-bench-memory-"))
-    try:
+    with bench_run("memory") as (procs, workdir):
         standin = start_standin(procs, workdir)
         url, _ = start_portal(procs, workdir, standin, tokens=20)
         portal = next(process for name, process in procs.running if name == "portal")
         asyncio.run(soak(url, portal.pid, args.requests, args.concurrency, args.every))
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

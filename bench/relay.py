@@ -65,7 +65,7 @@ from websockets.protocol import State
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from servers import (  # noqa: E402
-    ADMIN_KEY, PYTHON, Processes, clean_env, free_port, percentile, profile_portal, raise_fd_limit,
+    ADMIN_KEY, PYTHON, Processes, clean_env, free_port, bench_run, percentile, profile_portal,
     start_portal, start_standin, wait_until,
 )
 LITELLM_MASTER_KEY = "sk-bench-litellm-master-key"
@@ -445,15 +445,18 @@ def main() -> None:
     args.concurrency = [int(part) for part in args.concurrency.split(",") if part.strip()]
     args.targets = {part.strip() for part in args.targets.split(",") if part.strip()}
 
-    raise_fd_limit()
-    started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="portal-bench-relay-"))
-    procs = Processes()
-    portal_log = None
-    exit_code = 0
-    try:
+    def after_stop(workdir: Path) -> None:
+        if (workdir / "portal.log").exists():
+            summarize_log(workdir / "portal.log")
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in workdir.glob("*.log"):
+                shutil.copy(log, args.keep_logs / log.name)
+            print(f"logs kept in {args.keep_logs}")
+
+    with bench_run("relay", after_stop=after_stop) as (procs, workdir):
         standin = start_standin(procs, workdir)
-        portal, portal_log = start_portal(procs, workdir, standin, tokens=TOKENS)
+        portal, _ = start_portal(procs, workdir, standin, tokens=TOKENS)
         print(f"stand-in at {standin}, portal at {portal} ({TOKENS} tokens)", flush=True)
         litellm = None
         if args.profile:
@@ -469,21 +472,6 @@ def main() -> None:
             procs.check_alive()
             asyncio.run(ws_capacity(portal, args.ws_connections, args.max_tokens))
         procs.check_alive()
-    except RuntimeError as exc:
-        print(f"\nbench stopped: {exc}", flush=True)
-        exit_code = 1
-    finally:
-        procs.stop_all()
-        if portal_log is not None:
-            summarize_log(portal_log)
-        if args.keep_logs:
-            args.keep_logs.mkdir(parents=True, exist_ok=True)
-            for log in workdir.glob("*.log"):
-                shutil.copy(log, args.keep_logs / log.name)
-            print(f"logs kept in {args.keep_logs}")
-        shutil.rmtree(workdir, ignore_errors=True)
-        print(f"\ntotal {time.perf_counter() - started:.0f} s")
-    sys.exit(exit_code)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +29,31 @@ def raise_fd_limit() -> None:
     wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+@contextlib.contextmanager
+def bench_run(name: str, *, after_stop=None):
+    """What each bench's main() does around its work: a higher descriptor limit, and a scratch folder and
+    the servers it starts, yielded as (procs, workdir). On the way out a RuntimeError (a server that died
+    or never came up) becomes a message and exit code 1; the servers stop; `after_stop(workdir)` runs,
+    with their logs complete; the folder is deleted; and the run's length is printed."""
+    raise_fd_limit()
+    started = time.perf_counter()
+    procs, workdir = Processes(), Path(tempfile.mkdtemp(prefix=f"portal-bench-{name}-"))
+    failed = False
+    try:
+        yield procs, workdir
+    except RuntimeError as exc:
+        print(f"\nbench stopped: {exc}", flush=True)
+        failed = True
+    finally:
+        procs.stop_all()
+        if after_stop is not None:
+            after_stop(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if failed:
+        sys.exit(1)
 
 
 def free_port() -> int:
