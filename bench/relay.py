@@ -198,19 +198,22 @@ def chat_body(max_tokens: int) -> dict:
 async def sse_request(client: httpx.AsyncClient, url: str, headers: dict, max_tokens: int) -> tuple[float, float]:
     """One streamed chat over HTTP: (time to first content chunk, time to [DONE]) or RequestFailed."""
     began = time.perf_counter()
-    first = None
+    first = done = None
     async with client.stream("POST", url, json=chat_body(max_tokens), headers=headers) as response:
         if response.status_code != 200:
             body = (await response.aread()).decode("utf-8", "replace")
             raise RequestFailed(f"HTTP {response.status_code}: {body[:200]}")
         async for line in response.aiter_lines():
-            if not line.startswith("data:"):
+            # After [DONE], read on to the end of the body, as the openai SDK does: a response left unread
+            # costs its keep-alive connection, and the next request a new one.
+            if done is not None or not line.startswith("data:"):
                 continue
             payload = line[5:].strip()
             if payload == "[DONE]":
                 if first is None:
                     raise RequestFailed("stream ended without any content")
-                return first, time.perf_counter() - began
+                done = time.perf_counter() - began
+                continue
             event = json.loads(payload)
             if event.get("error"):
                 raise RequestFailed(f"error event: {json.dumps(event)[:200]}")
@@ -218,7 +221,9 @@ async def sse_request(client: httpx.AsyncClient, url: str, headers: dict, max_to
                 choices = event.get("choices") or [{}]
                 if (choices[0].get("delta") or {}).get("content"):
                     first = time.perf_counter() - began
-    raise RequestFailed("stream ended without [DONE]")
+    if done is None:
+        raise RequestFailed("stream ended without [DONE]")
+    return first, done
 
 
 async def ws_request(ws, request_id: str, max_tokens: int) -> tuple[float, float]:
