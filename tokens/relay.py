@@ -147,21 +147,63 @@ def _upstream_message(body: bytes, status: int) -> str:
     return f"{status}: {body[:300].decode('utf-8', 'replace')}"
 
 
-async def _sse_payloads(response: httpx.Response) -> AsyncIterator[list[bytes]]:
-    """The `data:` payloads of an SSE stream, as soon as their events are complete: those of one read together."""
-    buffer = b""
-    async for piece in response.aiter_raw():
-        # Events may end in CRLF pairs too; normalising the joined buffer also catches a pair split across reads.
-        buffer = (buffer + piece).replace(b"\r\n", b"\n")
-        payloads = []
+async def _arrived_together(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`pieces` as they arrive, those that arrived together joined. httpx hands over one HTTP chunk at a time,
+    and those of one network read (a burst from upstream) without waiting in between: forwarded one by one,
+    each paid the whole way to the client's socket, and the first left only when the last was through. A
+    reader task takes them as they come; each time this generator runs again, it passes on all taken since."""
+    arrived: list[bytes] = []
+    more = asyncio.Event()
+
+    async def read() -> None:
+        first = True
+        try:
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    arrived.append(piece)
+                    more.set()
+                    if first:  # the client waits for the first most: it leaves at once, alone
+                        first = False
+                        await asyncio.sleep(0)
+        finally:
+            more.set()
+
+    reader = asyncio.ensure_future(read())
+    try:
         while True:
-            end = buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, buffer = buffer[:end], buffer[end + 2 :]
-            payloads += [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
-        if payloads:
-            yield payloads
+            if not arrived and not reader.done():
+                more.clear()
+                await more.wait()
+            if arrived:
+                together = b"".join(arrived)
+                arrived.clear()
+                yield together
+            elif reader.done():
+                reader.result()  # raises what ended the reading, if anything did
+                return
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+async def _sse_payloads(response: httpx.Response) -> AsyncIterator[list[bytes]]:
+    """The `data:` payloads of an SSE stream, as soon as their events are complete: those that arrived
+    together in one list."""
+    buffer = b""
+    async with contextlib.aclosing(_arrived_together(response.aiter_raw())) as pieces:
+        async for piece in pieces:
+            # Events may end in CRLF pairs too; normalising the joined buffer also catches a pair split across reads.
+            buffer = (buffer + piece).replace(b"\r\n", b"\n")
+            payloads = []
+            while True:
+                end = buffer.find(b"\n\n")
+                if end < 0:
+                    break
+                event, buffer = buffer[:end], buffer[end + 2 :]
+                payloads += [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+            if payloads:
+                yield payloads
 
 
 _report = on_loop_when_free(services.report_outcome)
@@ -192,27 +234,28 @@ def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) 
                 yield Completed(body, content, choice.get("finish_reason"), completion.get("usage"))
                 return
             started = done = False
-            async for payloads in _sse_payloads(response):
-                batch = []
-                for payload in payloads:
-                    # Read on to the end of the body after [DONE] (it follows at once): a response left
-                    # unfinished costs its keep-alive connection, and the next request a new one.
-                    if done or payload == b"[DONE]":
-                        done = True
-                        continue
-                    chunk = _json_object(payload)
-                    if chunk.get("error"):
-                        if batch:
-                            yield Chunks(tuple(batch))
-                        raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
-                    if not started:
-                        yield Started(grant.token.pk, grant.token.label)
-                        started = True
-                    choice = (chunk.get("choices") or [{}])[0] or {}
-                    content = (choice.get("delta") or {}).get("content") or ""
-                    batch.append(Chunk(payload, content, choice.get("finish_reason"), chunk.get("usage")))
-                if batch:
-                    yield Chunks(tuple(batch))
+            async with contextlib.aclosing(_sse_payloads(response)) as batches:
+                async for payloads in batches:
+                    batch = []
+                    for payload in payloads:
+                        # Read on to the end of the body after [DONE] (it follows at once): a response left
+                        # unfinished costs its keep-alive connection, and the next request a new one.
+                        if done or payload == b"[DONE]":
+                            done = True
+                            continue
+                        chunk = _json_object(payload)
+                        if chunk.get("error"):
+                            if batch:
+                                yield Chunks(tuple(batch))
+                            raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
+                        if not started:
+                            yield Started(grant.token.pk, grant.token.label)
+                            started = True
+                        choice = (chunk.get("choices") or [{}])[0] or {}
+                        content = (choice.get("delta") or {}).get("content") or ""
+                        batch.append(Chunk(payload, content, choice.get("finish_reason"), chunk.get("usage")))
+                    if batch:
+                        yield Chunks(tuple(batch))
             if done:
                 return
             # The body ended without [DONE]: upstream went away mid-answer.

@@ -322,7 +322,9 @@ async def test_a_chat_request_streams_start_deltas_and_end_with_usage(standin, u
         assert await socket.receive_nothing()
     start, end = assert_streamed(frames, "r1", "Echo: hi there")
     assert start == {"type": "chat.start", "id": "r1", "token_id": good_token.pk, "token_label": "good token"}
-    assert len(frames) - 2 == 3  # one delta a word
+    deltas = [frame["content"] for frame in frames[1:-1]]
+    # Streamed, not one answer: the first word leaves alone, at once; words that arrived together may share one.
+    assert deltas[0] == "Echo:" and len(deltas) >= 2
     assert end["finish_reason"] == "length"
     assert end["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
     [lease] = await leases_of(good_token)
@@ -491,8 +493,8 @@ async def test_a_stream_dropped_mid_answer_ends_with_a_connection_error_after_it
         frames = await socket.chat(request_frame("drop", "one two three four five six", max_tokens=7))
         assert await socket.receive_nothing()
     kinds = [frame["type"] for frame in frames]
-    assert kinds == ["chat.start", "chat.delta", "chat.delta", "chat.delta", "chat.error"]
-    assert "".join(frame["content"] for frame in frames[1:4]) == "Echo: one two"  # 3 chunks, then the drop
+    assert kinds[0] == "chat.start" and kinds[-1] == "chat.error" and set(kinds[1:-1]) == {"chat.delta"}
+    assert "".join(frame["content"] for frame in frames[1:-1]) == "Echo: one two"  # 3 chunks, then the drop
     assert frames[-1]["error_type"] == "connection_error"
     assert frames[-1]["error"]
     assert_no_secret(socket.raw_frames)
