@@ -165,5 +165,9 @@ class AsgiExchange:
             await self.body(event if self.content_type == "text/event-stream" else b"", more=False)
 
     async def _disconnect(self) -> None:
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
+        """Returns when the client hangs up before its answer is complete. Once it is, the work left (the
+        relay reading upstream to its end, reporting) is not the client's to cancel: daphne says
+        http.disconnect as soon as a response is finished."""
+        while (await self.receive())["type"] != "http.disconnect" or self.finished:
+            if self.finished:
+                await asyncio.Future()  # until the work ends and until_disconnected cancels this

@@ -78,7 +78,13 @@ async def _answer(exchange: "AsgiExchange", events, permit: contextlib.AsyncExit
         event = first
         while event is not None:
             if isinstance(event, relay.Chunks):
-                await exchange.body(b"".join(b"data: " + chunk.data + b"\n\n" for chunk in event.items))
+                data = b"".join(b"data: " + chunk.data + b"\n\n" for chunk in event.items)
+                if event.last:  # the client has its answer now, while the relay reads upstream to its end and reports
+                    await exchange.body(data + b"data: [DONE]\n\n", more=False)
+                    async for _ in events:
+                        pass
+                    return
+                await exchange.body(data)
             elif isinstance(event, relay.Failed):
                 failed = json.dumps({"error": event.message, "error_type": event.error_type}).encode()
                 return await exchange.body(b"data: " + failed + b"\n\n", more=False)

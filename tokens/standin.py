@@ -11,6 +11,7 @@ TGI. What goes wrong is chosen by the token, so a pool can hold good and bad one
     "error500"       500
     "drop"           the connection closes after a few chunks, mid-stream
     "slow"           the first byte comes after STANDIN_SLOW_SECONDS (default 3)
+    "linger"         the body ends LINGER_SECONDS after `data: [DONE]`, not with it
 
 A model name containing "slow" streams one chunk every 100 ms (long enough to
 press Stop). Run it with `python manage.py standin_upstream`.
@@ -33,6 +34,7 @@ HF_ERRORS = {
     "ratelimit": (429, "Rate limit reached. Please retry later."),
     "error500": (500, "Internal Server Error"),
 }
+LINGER_SECONDS = 1.0
 MODELS = ["standin/echo", "standin/slow-echo", "meta-llama/Llama-3.1-8B-Instruct"]
 
 
@@ -158,6 +160,10 @@ async def _chat(scope, receive, send) -> None:
         if delay:
             await asyncio.sleep(delay)
     last = _chunk(completion_id, model, created, "", finish_reason="length", usage=usage) + b"data: [DONE]\n\n"
+    if "linger" in token:
+        await send({"type": "http.response.body", "body": last, "more_body": True})
+        await asyncio.sleep(LINGER_SECONDS)
+        last = b""
     await send({"type": "http.response.body", "body": last, "more_body": False})
 
 

@@ -23,6 +23,7 @@ from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError, TextGenerationError
 
 from tests.conftest import LIVE_MAX_CONCURRENT
+from tokens.standin import LINGER_SECONDS
 
 PROMPT = "hello brave new world"
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -240,6 +241,19 @@ def test_raw_sse_has_the_streaming_headers_and_data_lines_ending_with_done(org):
     assert all(chunk["object"] == "chat.completion.chunk" for chunk in result.chunks)
     assert result.text == expected_reply(PROMPT, 5)
     assert result.chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_the_client_hears_done_at_once_though_upstream_ends_its_body_later_and_the_lease_is_a_success(org):
+    token_id = org.add_token("linger")  # the stand-in ends the body LINGER_SECONDS after [DONE]
+
+    began = time.monotonic()
+    result = org.stream({"max_tokens": 3})  # reads to the end of the body, then hangs up
+
+    assert result.done and result.text == expected_reply(PROMPT, 3)
+    assert time.monotonic() - began < LINGER_SECONDS * 0.7
+    # Hanging up after the answer cancels nothing: the relay reads upstream to its end, then reports.
+    row = org.usage_when_settled(timeout=LINGER_SECONDS + 3)[token_id]
+    assert (row["leases"], row["successes"], row["cancelled"], row["open"]) == (1, 1, 0, 0)
 
 
 def test_chunks_are_relayed_as_they_arrive_not_all_at_once(org):
