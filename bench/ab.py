@@ -23,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from relay import WARMUP, run_http  # noqa: E402
+from relay import WARMUP, http_clients, run_http  # noqa: E402
 from servers import ADMIN_KEY, ROOT, Processes, bench_run, percentile, start_portal, start_standin  # noqa: E402
 
 SIDES = ("base", "new")
@@ -46,9 +46,8 @@ BASE_TREE = "base-tree"
 async def rounds(args, procs: Processes, portals: dict[str, str]) -> dict[str, list[tuple[float, float, float]]]:
     """Per side, per round: (req/s, TTFC p50 ms, server CPU ms per request)."""
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    limits = httpx.Limits(max_connections=args.concurrency + 10, max_keepalive_connections=args.concurrency + 10)
     measured = {side: [] for side in SIDES}
-    clients = {side: httpx.AsyncClient(limits=limits, timeout=60) for side in SIDES}
+    clients = {side: http_clients(args.concurrency, httpx.Timeout(60)) for side in SIDES}
     try:
         for side in SIDES:
             await run_http(side, clients[side], f"{portals[side]}/v1/chat/completions", headers, WARMUP, 5, args.max_tokens)
@@ -66,7 +65,7 @@ async def rounds(args, procs: Processes, portals: dict[str, str]) -> dict[str, l
                 measured[side].append((result.rate, percentile(result.ttfc, 50), cpu))
                 print(f"{number + 1:>5}  {side:<5}{result.rate:>9.1f}{percentile(result.ttfc, 50):>13.2f}{cpu:>12.2f}", flush=True)
     finally:
-        for client in clients.values():
+        for client in [client for side in SIDES for client in clients[side]]:
             await client.aclose()
     return measured
 

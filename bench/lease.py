@@ -34,10 +34,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import ADMIN_KEY, bench_run, percentile, start_portal  # noqa: E402
+from servers import ADMIN_KEY, CLIENT_CONNECTIONS, bench_run, percentile, start_portal  # noqa: E402
 
 WARMUP = 50
-CLIENT_CONNECTIONS = 4  # per httpx client; see bench()
 PACED_SECONDS = 15
 
 

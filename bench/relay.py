@@ -65,7 +65,7 @@ from websockets.protocol import State
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from servers import (  # noqa: E402
-    ADMIN_KEY, PYTHON, Processes, clean_env, free_port, bench_run, percentile, profile_portal,
+    ADMIN_KEY, CLIENT_CONNECTIONS, PYTHON, Processes, clean_env, free_port, bench_run, percentile, profile_portal,
     start_portal, start_standin, wait_until,
 )
 LITELLM_MASTER_KEY = "sk-bench-litellm-master-key"
@@ -258,16 +258,24 @@ async def timed(result: Result, attempt, timeout: float = REQUEST_TIMEOUT) -> No
         result.done.append(done)
 
 
-async def run_http(name: str, client: httpx.AsyncClient, url: str, headers: dict, requests: int, concurrency: int, max_tokens: int) -> Result:
+def http_clients(concurrency: int, timeout: httpx.Timeout) -> list[httpx.AsyncClient]:
+    """Enough clients for `concurrency` workers, CLIENT_CONNECTIONS workers to a client: httpx walks its
+    whole pool of kept-alive connections on every request, so one client holding 200 of them made the
+    client, not the server, the bottleneck at c=200 (as bench/lease.py found)."""
+    limits = httpx.Limits(max_connections=CLIENT_CONNECTIONS + 2, max_keepalive_connections=CLIENT_CONNECTIONS + 2)
+    return [httpx.AsyncClient(limits=limits, timeout=timeout) for _ in range(-(-concurrency // CLIENT_CONNECTIONS))]
+
+
+async def run_http(name: str, clients: list[httpx.AsyncClient], url: str, headers: dict, requests: int, concurrency: int, max_tokens: int) -> Result:
     result = Result(name, concurrency, requests)
     counter = itertools.count()
 
-    async def worker():
+    async def worker(client: httpx.AsyncClient):
         while next(counter) < requests:
             await timed(result, sse_request(client, url, headers, max_tokens))
 
     began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(clients[number // CLIENT_CONNECTIONS % len(clients)]) for number in range(concurrency)))
     result.seconds = time.perf_counter() - began
     return result
 
@@ -386,8 +394,6 @@ def print_ratios(results: dict[tuple[str, int], Result], levels: list[int]) -> N
 
 async def bench(args, procs: "Processes", standin: str, portal: str, litellm: str | None) -> dict[tuple[str, int], Result]:
     levels = args.concurrency
-    highest = max(levels)
-    limits = httpx.Limits(max_connections=highest + 50, max_keepalive_connections=highest + 50)
     timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=30)
     targets = [
         ("direct", f"{standin}/v1/chat/completions", {"Authorization": "Bearer hf_bench_00_xxxxxxxxxxxxxxxx"}),
@@ -400,10 +406,10 @@ async def bench(args, procs: "Processes", standin: str, portal: str, litellm: st
     results = {}
     print("\n" + HEADER, flush=True)
     for name, url, headers in targets:
-        client = httpx.AsyncClient(limits=limits, timeout=timeout) if url else None
+        clients = http_clients(max(levels), timeout) if url else []
         try:
-            if client:
-                warm = await run_http(name, client, url, headers, WARMUP, 5, args.max_tokens)
+            if clients:
+                warm = await run_http(name, clients, url, headers, WARMUP, 5, args.max_tokens)
             else:
                 warm = await run_ws(portal, WARMUP, 5, args.max_tokens)
             procs.check_alive()
@@ -413,8 +419,8 @@ async def bench(args, procs: "Processes", standin: str, portal: str, litellm: st
                 procs.check_alive()
                 requests = args.requests or (500 if level == 1 else 1000)
                 cpu_before = procs.cpu_seconds(SERVER_OF[name])
-                if client:
-                    result = await run_http(name, client, url, headers, requests, level, args.max_tokens)
+                if clients:
+                    result = await run_http(name, clients, url, headers, requests, level, args.max_tokens)
                 else:
                     result = await run_ws(portal, requests, level, args.max_tokens)
                 result.server_cpu = procs.cpu_seconds(SERVER_OF[name]) - cpu_before
@@ -423,7 +429,7 @@ async def bench(args, procs: "Processes", standin: str, portal: str, litellm: st
                 for message, count in result.messages.most_common(3):
                     print(f"    error ×{count}: {message}", flush=True)
         finally:
-            if client:
+            for client in clients:
                 await client.aclose()
     return results
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from tokens.standin import standin_command  # noqa: E402  plain ASGI, no Django needed
 
 ADMIN_KEY = "pk_bench_portal_admin_key_0123456789abcdef"
+CLIENT_CONNECTIONS = 4  # connections per httpx client of a bench: see relay.http_clients
 
 
 def raise_fd_limit() -> None:
