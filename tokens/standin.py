@@ -12,6 +12,7 @@ TGI. What goes wrong is chosen by the token, so a pool can hold good and bad one
     "drop"           the connection closes after a few chunks, mid-stream
     "slow"           the first byte comes after STANDIN_SLOW_SECONDS (default 3)
     "linger"         the body ends LINGER_SECONDS after `data: [DONE]`, not with it
+    "cutafterdone"   the connection closes after `data: [DONE]`, before the body's end
 
 A model name containing "slow" streams one chunk every 100 ms (long enough to
 press Stop). Run it with `python manage.py standin_upstream`.
@@ -160,8 +161,10 @@ async def _chat(scope, receive, send) -> None:
         if delay:
             await asyncio.sleep(delay)
     last = _chunk(completion_id, model, created, "", finish_reason="length", usage=usage) + b"data: [DONE]\n\n"
-    if "linger" in token:
+    if "linger" in token or "cutafterdone" in token:
         await send({"type": "http.response.body", "body": last, "more_body": True})
+        if "cutafterdone" in token:
+            return  # as "drop" does, later: the response never finishes and the connection closes
         await asyncio.sleep(LINGER_SECONDS)
         last = b""
     await send({"type": "http.response.body", "body": last, "more_body": False})

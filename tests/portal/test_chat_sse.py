@@ -256,6 +256,17 @@ def test_the_client_hears_done_at_once_though_upstream_ends_its_body_later_and_t
     assert (row["leases"], row["successes"], row["cancelled"], row["open"]) == (1, 1, 0, 0)
 
 
+def test_an_upstream_connection_that_closes_after_done_is_not_the_tokens_fault(org):
+    token_id = org.add_token("cutafterdone")  # the stand-in closes the connection after [DONE], body unfinished
+
+    result = org.stream({"max_tokens": 3})
+
+    assert result.done and result.errors == [] and result.text == expected_reply(PROMPT, 3)
+    row = org.usage_when_settled()[token_id]
+    assert (row["leases"], row["successes"], row["errors"], row["open"]) == (1, 1, 0, 0)
+    assert org.token(token_id)["status"] == "active"
+
+
 def test_chunks_are_relayed_as_they_arrive_not_all_at_once(org):
     org.add_token()
     started = time.monotonic()
