@@ -9,7 +9,7 @@ from accounts.permissions import require
 from accounts.roles import Perm
 from portal.api import TenantAPIView
 from portal.pagination import paginated
-from tokens import selectors, services
+from tokens import hf_api, selectors, services
 from tokens.models import TokenPool
 from tokens.serializers import (
     PROVISION_HEADERS,
@@ -140,15 +140,14 @@ class TokenListCreateApi(TenantAPIView):
     def post(self, request):
         query = TokenCreateQuery.validated(request.query_params)
         data = TokenCreateInput.validated(request.data)
+        secret = data.pop("token")
+        # Asked before anything is stored: when Hugging Face cannot be asked, the answer is 502 and no token.
+        answer = hf_api.whoami(secret) if query["validate"] else None
         token = services.token_add(
-            organization=self.organization,
-            pool=self.pool_named(data.pop("pool")),
-            secret=data.pop("token"),
-            **data,
-            **self.audit,
+            organization=self.organization, pool=self.pool_named(data.pop("pool")), secret=secret, **data, **self.audit
         )
-        if query["validate"]:
-            token = services.token_validate(token=token, **self.audit)
+        if answer is not None:
+            token = services.token_validate(token=token, answer=answer, **self.audit)
         return Response(TokenOutput(token).data, status=status.HTTP_201_CREATED)
 
 

@@ -240,10 +240,14 @@ def token_delete(*, token: HFToken, actor: User | None, ip: str | None = None) -
     token.delete()
 
 
-def token_validate(*, token: HFToken, actor: User | None, ip: str | None = None, now: datetime | None = None) -> HFToken:
-    """Ask whoami-v2: valid brings an invalid (or due) token back, 401 makes it invalid."""
+def token_validate(
+    *, token: HFToken, actor: User | None, ip: str | None = None, now: datetime | None = None, answer: hf_api.WhoAmI | None = None
+) -> HFToken:
+    """Ask whoami-v2 (unless `answer` is what it already said): valid brings an invalid (or due) token
+    back, 401 makes it invalid."""
     # The network call happens outside any transaction: no row stays locked while Hugging Face thinks.
-    answer = hf_api.whoami(decrypt_secret(token.secret_encrypted))
+    if answer is None:
+        answer = hf_api.whoami(decrypt_secret(token.secret_encrypted))
     now = now or timezone.now()
     with transaction.atomic():
         token = HFToken.objects.select_for_update(of=("self",)).get(pk=token.pk)

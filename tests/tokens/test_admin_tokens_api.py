@@ -324,6 +324,16 @@ def test_adding_a_refused_token_with_validate_stores_it_as_invalid(api, standin)
     assert token_in_db(response.json()["id"]).status == Status.INVALID
 
 
+def test_adding_with_validate_when_hugging_face_cannot_be_asked_is_a_502_that_stores_nothing(api, settings):
+    settings.HF_API_BASE = "http://127.0.0.1:9"  # nothing listens
+
+    response = api.post("/admin/tokens?validate=1", {"token": new_secret()}, format="json")
+
+    assert response.status_code == 502, response.content
+    assert set(response.json()) >= {"error", "error_type"}
+    assert api.get("/admin/tokens").json()["results"] == []  # the same request can simply be sent again
+
+
 def test_adding_without_validate_does_not_ask_hugging_face(api, settings):
     settings.HF_API_BASE = "http://127.0.0.1:9"  # nothing listens: a call would fail the request
 
