@@ -118,15 +118,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             await acheck_key_rate(caller.api_key.pk if caller.api_key else None)
             pool = await caller_pool(caller, pool_name)
-            async with stream_permit(
-                organization_id=caller.organization.pk, api_key_id=caller.api_key.pk if caller.api_key else None
-            ):
+            async with contextlib.AsyncExitStack() as permit:  # held until the answer is complete
+                await permit.enter_async_context(
+                    stream_permit(organization_id=caller.organization.pk, api_key_id=caller.api_key.pk if caller.api_key else None)
+                )
                 events = relay.stream_chat(
                     organization=caller.organization, user=caller.membership.user, api_key=caller.api_key,
                     pool=pool, request=body,
                 )
                 async with contextlib.aclosing(events):
-                    await self._forward(request_id, events)
+                    await self._forward(request_id, events, permit)
         except exceptions.APIException as exc:  # overloaded, unknown pool, …: the same kinds as over HTTP
             payload, _ = describe_api_exception(exc)
             await self._error(request_id, payload["error"], payload["error_type"])
@@ -138,9 +139,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await self._error(request_id, "The portal failed to relay this request.", "server_error")
         finally:
-            self.streams.pop(request_id, None)
+            if self.streams.get(request_id) is asyncio.current_task():
+                del self.streams[request_id]
 
-    async def _forward(self, request_id: str, events) -> None:
+    async def _forward(self, request_id: str, events, permit: contextlib.AsyncExitStack) -> None:
         finish_reason, usage = None, None
         async for event in events:
             if isinstance(event, relay.Started):
@@ -153,6 +155,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                     usage = chunk.usage or usage
                 if event.content:
                     await self.send_json({"type": "chat.delta", "id": request_id, "content": event.content})
+                if event.last:
+                    # The client has its answer now, and the id is free again, while the relay reads upstream
+                    # to its end and reports the success (a stop or a hang-up after this cancels nothing).
+                    await self.send_json({"type": "chat.end", "id": request_id, "finish_reason": finish_reason, "usage": usage})
+                    self.streams.pop(request_id, None)
+                    await permit.aclose()
+                    async for _ in events:
+                        pass
+                    return
             elif isinstance(event, relay.Failed):
                 frame = {"type": "chat.error", "id": request_id, "error": event.message, "error_type": event.error_type}
                 if event.retry_after:

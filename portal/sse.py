@@ -81,6 +81,7 @@ async def _answer(exchange: "AsgiExchange", events, permit: contextlib.AsyncExit
                 data = b"".join(b"data: " + chunk.data + b"\n\n" for chunk in event.items)
                 if event.last:  # the client has its answer now, while the relay reads upstream to its end and reports
                     await exchange.body(data + b"data: [DONE]\n\n", more=False)
+                    await permit.aclose()  # the stream is over for the limits too: the client may send the next
                     async for _ in events:
                         pass
                     return
@@ -91,8 +92,10 @@ async def _answer(exchange: "AsgiExchange", events, permit: contextlib.AsyncExit
             event = await anext(events, None)
         await exchange.body(b"data: [DONE]\n\n", more=False)
     finally:
-        await events.aclose()
-        await permit.aclose()
+        try:
+            await events.aclose()
+        finally:
+            await permit.aclose()  # closing it again does nothing
 
 
 def _failure(failed: relay.Failed) -> tuple[dict, int, dict]:

@@ -66,6 +66,11 @@ def load_json(text) -> object:
         raise exceptions.ValidationError("The body is not valid JSON.") from None
 
 
+def chat_body_bytes(body: dict) -> bytes:
+    """The body as sent upstream; ValueError for what JSON cannot carry."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
 def parse_chat_request(data) -> tuple[dict, str]:
     """The body to send upstream (every other OpenAI field passes through untouched) and the pool asked for."""
     if not isinstance(data, dict):
@@ -74,6 +79,10 @@ def parse_chat_request(data) -> tuple[dict, str]:
         raise exceptions.ValidationError(problems)
     body = {key: value for key, value in data.items() if key != "pool"}
     body["stream"] = data.get("stream", True)
+    try:
+        chat_body_bytes(body)  # checked before a token is leased: upstream could only refuse it
+    except ValueError:  # a number too large for JSON (1e999 reads as infinity), text that is not Unicode
+        raise exceptions.ValidationError("The request holds a number or text that JSON cannot carry.") from None
     return body, data.get("pool", "")
 
 

@@ -26,6 +26,7 @@ from portal.db import on_loop_when_free, submit_soon
 from portal.errors import DATABASE_DOWN, database_unavailable
 from portal.redact import redact_secrets
 from tokens import services
+from tokens.chat import chat_body_bytes
 from tokens.models import TokenPool
 from tokens.policy import ErrorType
 
@@ -183,9 +184,12 @@ async def _arrived_together(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes
                 reader.result()  # raises what ended the reading, if anything did
                 return
     finally:
+        # Not `await reader`: it would raise the reader's own failure (it reads ahead) in place of whatever
+        # ends this generator (an upstream error event, a cancellation, a close).
         reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await asyncio.wait({reader})
+        if not reader.cancelled():
+            reader.exception()  # retrieved: the failure that matters was raised above, or did not matter
 
 
 async def _sse_payloads(response: httpx.Response) -> AsyncIterator[list[bytes]]:
@@ -207,6 +211,10 @@ async def _sse_payloads(response: httpx.Response) -> AsyncIterator[list[bytes]]:
                 yield payloads
 
 
+# How long the relay reads on after upstream's [DONE] for the end of its body: well under daphne's
+# --application-close-timeout (10 s), after which daphne cancels what a finished response left running.
+END_OF_BODY_SECONDS = 2.0
+
 _report = on_loop_when_free(services.report_outcome)
 _lease = on_loop_when_free(services.lease_token)
 
@@ -215,8 +223,11 @@ def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) 
     """Relay one chat request; see the module docstring. `request` is the OpenAI-style body."""
     url = f"{settings.HF_INFERENCE_BASE_URL}/chat/completions"
 
+    sent_body = chat_body_bytes(request)
+    headers = {"Content-Type": "application/json"}
+
     async def attempt(grant: services.LeaseGrant) -> AsyncIterator[RelayEvent]:
-        async with _posted(url, request, grant.secret) as response:
+        async with _sent("POST", url, content=sent_body, headers={**headers, "Authorization": f"Bearer {grant.secret}"}) as response:
             if response.status_code != 200:
                 status = response.status_code
                 message = _upstream_message(await response.aread(), status)
@@ -233,58 +244,57 @@ def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) 
                 yield Completed(body, content, choice.get("finish_reason"), completion.get("usage"))
                 return
             started = done = False
-            try:
-                async with contextlib.aclosing(_sse_payloads(response)) as batches:
-                    async for payloads in batches:
-                        if done:
-                            continue
-                        batch = []
-                        for payload in payloads:
-                            # Read on to the end of the body after [DONE] (it follows at once): a response left
-                            # unfinished costs its keep-alive connection, and the next request a new one.
-                            if payload == b"[DONE]":
-                                done = True
-                                break
-                            chunk = _json_object(payload)
-                            if chunk.get("error"):
-                                if batch:
-                                    yield Chunks(tuple(batch))
-                                raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
-                            if not started:
-                                yield Started(grant.token.pk, grant.token.label)
-                                started = True
-                            choice = (chunk.get("choices") or [{}])[0] or {}
-                            content = (choice.get("delta") or {}).get("content") or ""
-                            batch.append(Chunk(payload, content, choice.get("finish_reason"), chunk.get("usage")))
-                        if batch or done:
-                            yield Chunks(tuple(batch), last=done)
-            except httpx.HTTPError:
-                if not done:
-                    raise
-                # The answer was complete: a connection that fails after it is only not kept alive.
-            if done:
-                return
+            async with contextlib.aclosing(_sse_payloads(response)) as batches:
+                async for payloads in batches:
+                    batch = []
+                    for payload in payloads:
+                        if payload == b"[DONE]":
+                            done = True
+                            break
+                        chunk = _json_object(payload)
+                        if chunk.get("error"):
+                            if batch:
+                                yield Chunks(tuple(batch))
+                            raise _UpstreamFailure(chunk.get("error_type") or ErrorType.UNKNOWN, str(chunk["error"])[:300])
+                        if not started:
+                            yield Started(grant.token.pk, grant.token.label)
+                            started = True
+                        choice = (chunk.get("choices") or [{}])[0] or {}
+                        content = (choice.get("delta") or {}).get("content") or ""
+                        batch.append(Chunk(payload, content, choice.get("finish_reason"), chunk.get("usage")))
+                    if batch or done:
+                        yield Chunks(tuple(batch), last=done)
+                    if done:
+                        break
+                if done:
+                    # Read on to the end of the body (it follows at once): a response left unfinished costs its
+                    # keep-alive connection, and the next request a new one. The answer is complete: an upstream
+                    # that is slow to end it, or fails meanwhile, only loses its connection.
+                    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                        async with asyncio.timeout(END_OF_BODY_SECONDS):
+                            async for _ in batches:
+                                pass
+                    return
             # The body ended without [DONE]: upstream went away mid-answer.
             raise _UpstreamFailure(ErrorType.CONNECTION_ERROR, "upstream closed the stream before [DONE]")
 
     return _with_rotation(organization=organization, user=user, api_key=api_key, pool=pool, attempt=attempt)
 
 
+USER_AGENT = "hf-token-portal"
+
+
 @contextlib.asynccontextmanager
-async def _posted(url: str, payload: dict, secret: str) -> AsyncIterator[httpx.Response]:
-    """POST `payload` as JSON with `secret` as the credentials; the response as soon as its head is in,
-    closed on the way out. It goes straight to the transport the shared client would use (its connection
-    pool, or the environment's proxy for `url`): the client's own layers (redirects, auth, event hooks,
-    cookies) cost a quarter of a millisecond per request, none is wanted here, and its cookie jar would
-    even carry cookies upstream set on one tenant's request into every other tenant's."""
+async def _sent(method: str, url: str, *, content: bytes, headers: dict) -> AsyncIterator[httpx.Response]:
+    """The upstream response as soon as its head is in, closed on the way out. The request goes straight to
+    the transport the shared client would use (its connection pool, or the environment's proxy for `url`;
+    `_transport_for_url` is httpx's own lookup, hence the pinned httpx range): the client's own layers
+    (redirects, auth, event hooks, cookies) cost a quarter of a millisecond per request, none is wanted
+    here, and its cookie jar would carry cookies upstream set on one tenant's request into every other's."""
     client = upstream_client()
-    request = httpx.Request(
-        "POST",
-        url,
-        content=json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(),
-        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
-        extensions={"timeout": client.timeout.as_dict()},
-    )
+    request_headers = httpx.Headers(headers)
+    request_headers.setdefault("User-Agent", USER_AGENT)
+    request = httpx.Request(method, url, content=content, headers=request_headers, extensions={"timeout": client.timeout.as_dict()})
     response = await client._transport_for_url(request.url).handle_async_request(request)
     try:
         yield response
@@ -315,16 +325,20 @@ async def _with_rotation(*, organization, user, api_key, pool: TokenPool, attemp
             yield Failed(str(down.detail), down.error_type, down.status_code, retry_after=down.wait)
             return
         report = {"organization": organization, "token_id": grant.token.pk, "lease_id": grant.lease.pk, "user": user}
-        started = False
+        started = answered = False
         try:
             # aclosing: when our consumer stops, the attempt (and its upstream stream) closes at once.
             async with contextlib.aclosing(attempt(grant)) as events:
                 async for event in events:
                     started = True
+                    answered = answered or getattr(event, "last", False)
                     yield event
         except (GeneratorExit, asyncio.CancelledError):
-            # The client went away or cancelled: not the token's fault. Shielded: the caller is cancelling us.
-            await asyncio.shield(_report_or_keep_trying(**report, success=False, cancelled=True))
+            # The client went away or cancelled: not the token's fault. After the whole answer was passed on
+            # (the stop came while upstream's body was being read to its end), it is a success. Shielded: the
+            # caller is cancelling us.
+            outcome = {"success": True} if answered else {"success": False, "cancelled": True}
+            await asyncio.shield(_report_or_keep_trying(**report, **outcome))
             raise
         except Exception as exc:
             failure = _failure_from(exc)
@@ -488,12 +502,7 @@ def proxy_stream(
     forwarded = {name: value for name, value in headers.items() if name.lower() not in _HOP_BY_HOP}
 
     async def attempt(grant: services.LeaseGrant) -> AsyncIterator[ProxyHead | bytes]:
-        client = upstream_client()
-        request = client.build_request(
-            method, url, content=body, headers={**forwarded, "Authorization": f"Bearer {grant.secret}"}
-        )
-        response = await client.send(request, stream=True)
-        try:
+        async with _sent(method, url, content=body, headers={**forwarded, "Authorization": f"Bearer {grant.secret}"}) as response:
             error_type = error_type_for_status(response.status_code)
             if error_type is not None:
                 message = _upstream_message(await response.aread(), response.status_code)
@@ -501,7 +510,5 @@ def proxy_stream(
             yield ProxyHead(response.status_code, [(k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP])
             async for piece in response.aiter_raw():
                 yield piece
-        finally:
-            await response.aclose()
 
     return _with_rotation(organization=organization, user=user, api_key=api_key, pool=pool, attempt=attempt)

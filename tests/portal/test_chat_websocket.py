@@ -25,6 +25,7 @@ from tokens import relay
 from tokens import services as token_services
 from tokens.models import HFToken, Lease, Outcome
 from tokens.policy import Status
+from tokens.standin import LINGER_SECONDS
 
 in_process = pytest.mark.django_db(transaction=True)
 
@@ -735,3 +736,17 @@ async def test_a_database_that_is_down_is_a_clear_chat_error_and_the_socket_stay
         async with chat_socket(bearer(user_key)) as socket:
             [error] = await socket.chat(request_frame("down", "hi there"))
     assert (error["type"], error["error_type"], error["retry_after"]) == ("chat.error", "database_unavailable", 1)
+
+
+@in_process
+async def test_chat_end_comes_with_upstreams_done_and_a_stop_after_it_leaves_a_success(standin, organization, user_key, make_token):
+    linger = await sync_to_async(make_token)(organization, secret="hf_ws_linger_token_0006_abcdefghijk", label="slow to end")
+    async with chat_socket(bearer(user_key)) as socket:
+        began = time.monotonic()
+        frames = await socket.chat(request_frame("l1", "hi there", max_tokens=3))
+        assert time.monotonic() - began < LINGER_SECONDS * 0.7  # upstream ends its body LINGER_SECONDS later
+        await socket.send({"type": "chat.cancel", "id": "l1"})  # too late to cancel anything
+        assert await socket.receive_nothing()
+    assert_streamed(frames, "l1", "Echo: hi there")
+    [lease] = await leases_of(linger, settle_seconds=LINGER_SECONDS + 3)
+    assert lease.outcome == Outcome.SUCCESS

@@ -3,7 +3,7 @@
 import pytest
 from rest_framework import exceptions
 
-from tokens.chat import parse_chat_request
+from tokens.chat import load_json, parse_chat_request
 
 GOOD = {"model": "standin/echo", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -46,3 +46,15 @@ def test_each_bad_field_is_named_in_the_error(change, field):
 def test_a_body_that_is_not_an_object_is_refused():
     with pytest.raises(exceptions.ValidationError):
         parse_chat_request([GOOD])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"model": "m", "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1e999}',  # reads as infinity
+        '{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',  # half a surrogate pair: not Unicode text
+    ],
+)
+def test_what_json_cannot_carry_upstream_is_refused_before_any_token_is_leased(raw):
+    with pytest.raises(exceptions.ValidationError):
+        parse_chat_request(load_json(raw))
