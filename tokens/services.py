@@ -18,7 +18,7 @@ from accounts.models import ApiKey, Organization, User
 from portal import live
 from portal.db import (
     current_db, db_value, first_row, insert_row, lock_rows_of, on_commit, require_database_thread, save_fields,
-    statement, write_transaction,
+    statement, submit_to_db_threads, write_transaction,
 )
 from portal.errors import DATABASE_DOWN, Conflict, PortalError
 from portal.redact import redact_secrets
@@ -467,15 +467,21 @@ def _count_usage(lease: Lease, *metrics: str, delta: int = 1) -> None:
 
 _usage_backlog: dict[tuple, int] = {}  # counts whose upsert found the database gone after their commit
 _usage_backlog_lock = threading.Lock()
+_usage_retry_pending = False  # a retry of the backlog is scheduled (under the lock)
+USAGE_RETRY_PAUSES = (1, 2, 5, 10, 30, 60)  # seconds before each retry of the backlog; then every 60 s
 
 
-def _upsert_usage_after_commit(counts: dict[tuple, int]) -> None:
+def _upsert_usage_after_commit(counts: dict[tuple, int], retries: int = 0) -> None:
     """The upsert after the commit. If the database went away in between (a restart, a failover), the
-    counts are kept in this process and added with the next ones, rather than lost."""
+    counts are kept in this process and added with the next ones, or by a retry a moment later when no
+    next ones come, rather than lost."""
+    global _usage_retry_pending
     with _usage_backlog_lock:
         for bucket, delta in _usage_backlog.items():
             counts[bucket] = counts.get(bucket, 0) + delta
         _usage_backlog.clear()
+    if not counts:
+        return
     try:
         _upsert_usage(counts)
     except DATABASE_DOWN:
@@ -483,6 +489,22 @@ def _upsert_usage_after_commit(counts: dict[tuple, int]) -> None:
         with _usage_backlog_lock:
             for bucket, delta in counts.items():
                 _usage_backlog[bucket] = _usage_backlog.get(bucket, 0) + delta
+            schedule, _usage_retry_pending = not _usage_retry_pending, True
+        if schedule:
+            _retry_usage_later(USAGE_RETRY_PAUSES[min(retries, len(USAGE_RETRY_PAUSES) - 1)], retries + 1)
+
+
+def _retry_usage_later(pause: float, retries: int) -> None:
+    timer = threading.Timer(pause, submit_to_db_threads, (_retry_usage_backlog, retries))
+    timer.daemon = True  # a worker that stops does not wait for it; usage_counters_rebuild repairs the counts
+    timer.start()
+
+
+def _retry_usage_backlog(retries: int) -> None:
+    global _usage_retry_pending
+    with _usage_backlog_lock:
+        _usage_retry_pending = False
+    _upsert_usage_after_commit({}, retries)
 
 
 def _usage_counts(lease: Lease, metrics, delta: int) -> dict[tuple, int]:

@@ -117,6 +117,8 @@ def test_counts_whose_upsert_finds_the_database_gone_are_added_with_the_next_one
     first = services.lease_token(organization=organization, pool=pool, user=member.user).lease
     second = services.lease_token(organization=organization, pool=pool, user=member.user).lease
     UsageCounter.objects.all().delete()  # only what the calls below count
+    monkeypatch.setattr(services, "_retry_usage_later", lambda pause, number: None)  # the next counts come first
+    monkeypatch.setattr(services, "_usage_retry_pending", False)
 
     upsert = services._upsert_usage
 
@@ -131,3 +133,35 @@ def test_counts_whose_upsert_finds_the_database_gone_are_added_with_the_next_one
     counts = {(row.dimension, row.metric): row.count for row in UsageCounter.objects.all()}
     assert counts == {("token", "leases"): 2, ("user", "leases"): 2, ("pool", "leases"): 2}
     assert services._usage_backlog == {}
+
+
+def test_counts_kept_for_a_database_that_was_gone_are_written_by_a_retry_when_no_next_ones_come(
+    organization, make_member, make_token, monkeypatch
+):
+    from django.db import OperationalError
+
+    member, _ = make_member(organization, Role.USER)
+    make_token(organization)
+    pool = selectors.pool_by_name(organization, "default")
+    lease = services.lease_token(organization=organization, pool=pool, user=member.user).lease
+    UsageCounter.objects.all().delete()
+    retries = []  # (pause, retry number) of each retry scheduled; run here instead of on a timer
+    monkeypatch.setattr(services, "_retry_usage_later", lambda pause, number: retries.append((pause, number)))
+    monkeypatch.setattr(services, "_usage_retry_pending", False)
+    upsert = services._upsert_usage
+
+    def database_gone(counts):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "_upsert_usage", database_gone)
+    services._upsert_usage_after_commit(services._usage_counts(lease, ["leases"], 1))
+    services._upsert_usage_after_commit(services._usage_counts(lease, ["success"], 1))
+    assert retries == [(1, 1)]  # one retry scheduled, however many counts wait
+    services._retry_usage_backlog(1)  # still gone: the next retry waits longer
+    assert retries == [(1, 1), (2, 2)]
+    monkeypatch.setattr(services, "_upsert_usage", upsert)
+    services._retry_usage_backlog(2)
+
+    counts = {(row.dimension, row.metric): row.count for row in UsageCounter.objects.all()}
+    assert counts == {(dimension, metric): 1 for dimension in ("token", "user", "pool") for metric in ("leases", "success")}
+    assert services._usage_backlog == {} and retries == [(1, 1), (2, 2)]
