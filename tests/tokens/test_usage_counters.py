@@ -105,63 +105,62 @@ def test_a_late_report_moves_the_lease_from_expired_to_its_outcome_in_usage(
     assert sorted(UsageCounter.objects.values_list("dimension", "key_id", "hour", "metric", "count")) == incremental
 
 
-def test_counts_whose_upsert_finds_the_database_gone_are_added_with_the_next_ones(
-    organization, make_member, make_token, monkeypatch
-):
-    """PostgreSQL counts after the commit; a database gone in that instant must not lose the counts."""
-    from django.db import OperationalError
+class UsageDatabase:
+    """Two leases with no usage counted yet, and a database that can go away for the usage upserts only.
+    Retries of kept counts are listed in `retries` as (pause, retry number), for the test to run itself."""
 
+    def __init__(self, leases, monkeypatch):
+        self.leases, self.monkeypatch, self.retries = leases, monkeypatch, []
+        self.upsert = services._upsert_usage
+        monkeypatch.setattr(services, "_retry_usage_later", lambda pause, number: self.retries.append((pause, number)))
+        monkeypatch.setattr(services, "_usage_retry_pending", False)
+
+    def gone(self, gone: bool) -> None:
+        from django.db import OperationalError
+
+        def database_gone(counts):
+            raise OperationalError("server closed the connection unexpectedly")
+
+        self.monkeypatch.setattr(services, "_upsert_usage", database_gone if gone else self.upsert)
+
+    @staticmethod
+    def counts() -> dict:
+        return {(row.dimension, row.metric): row.count for row in UsageCounter.objects.all()}
+
+
+@pytest.fixture
+def usage_database(organization, make_member, make_token, monkeypatch) -> UsageDatabase:
     member, _ = make_member(organization, Role.USER)
     make_token(organization)
     pool = selectors.pool_by_name(organization, "default")
-    first = services.lease_token(organization=organization, pool=pool, user=member.user).lease
-    second = services.lease_token(organization=organization, pool=pool, user=member.user).lease
-    UsageCounter.objects.all().delete()  # only what the calls below count
-    monkeypatch.setattr(services, "_retry_usage_later", lambda pause, number: None)  # the next counts come first
-    monkeypatch.setattr(services, "_usage_retry_pending", False)
+    leases = [services.lease_token(organization=organization, pool=pool, user=member.user).lease for _ in range(2)]
+    UsageCounter.objects.all().delete()  # only what the test counts
+    return UsageDatabase(leases, monkeypatch)
 
-    upsert = services._upsert_usage
 
-    def database_gone(counts):
-        raise OperationalError("server closed the connection unexpectedly")
-
-    monkeypatch.setattr(services, "_upsert_usage", database_gone)
+def test_counts_whose_upsert_finds_the_database_gone_are_added_with_the_next_ones(usage_database):
+    """PostgreSQL counts after the commit; a database gone in that instant must not lose the counts."""
+    first, second = usage_database.leases
+    usage_database.gone(True)
     services._upsert_usage_after_commit(services._usage_counts(first, ["leases"], 1))
     assert not UsageCounter.objects.exists()
-    monkeypatch.setattr(services, "_upsert_usage", upsert)
+    usage_database.gone(False)
     services._upsert_usage_after_commit(services._usage_counts(second, ["leases"], 1))
-    counts = {(row.dimension, row.metric): row.count for row in UsageCounter.objects.all()}
-    assert counts == {("token", "leases"): 2, ("user", "leases"): 2, ("pool", "leases"): 2}
+    assert usage_database.counts() == {("token", "leases"): 2, ("user", "leases"): 2, ("pool", "leases"): 2}
     assert services._usage_backlog == {}
 
 
-def test_counts_kept_for_a_database_that_was_gone_are_written_by_a_retry_when_no_next_ones_come(
-    organization, make_member, make_token, monkeypatch
-):
-    from django.db import OperationalError
-
-    member, _ = make_member(organization, Role.USER)
-    make_token(organization)
-    pool = selectors.pool_by_name(organization, "default")
-    lease = services.lease_token(organization=organization, pool=pool, user=member.user).lease
-    UsageCounter.objects.all().delete()
-    retries = []  # (pause, retry number) of each retry scheduled; run here instead of on a timer
-    monkeypatch.setattr(services, "_retry_usage_later", lambda pause, number: retries.append((pause, number)))
-    monkeypatch.setattr(services, "_usage_retry_pending", False)
-    upsert = services._upsert_usage
-
-    def database_gone(counts):
-        raise OperationalError("server closed the connection unexpectedly")
-
-    monkeypatch.setattr(services, "_upsert_usage", database_gone)
+def test_counts_kept_for_a_database_that_was_gone_are_written_by_a_retry_when_no_next_ones_come(usage_database):
+    lease, _ = usage_database.leases
+    retries = usage_database.retries
+    usage_database.gone(True)
     services._upsert_usage_after_commit(services._usage_counts(lease, ["leases"], 1))
     services._upsert_usage_after_commit(services._usage_counts(lease, ["success"], 1))
     assert retries == [(1, 1)]  # one retry scheduled, however many counts wait
     services._retry_usage_backlog(1)  # still gone: the next retry waits longer
     assert retries == [(1, 1), (2, 2)]
-    monkeypatch.setattr(services, "_upsert_usage", upsert)
+    usage_database.gone(False)
     services._retry_usage_backlog(2)
 
-    counts = {(row.dimension, row.metric): row.count for row in UsageCounter.objects.all()}
-    assert counts == {(dimension, metric): 1 for dimension in ("token", "user", "pool") for metric in ("leases", "success")}
+    assert usage_database.counts() == {(dimension, metric): 1 for dimension in ("token", "user", "pool") for metric in ("leases", "success")}
     assert services._usage_backlog == {} and retries == [(1, 1), (2, 2)]
