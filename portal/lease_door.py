@@ -14,6 +14,7 @@ the same checks in the same order (key, role, rate limit, method, input, pool), 
 same answers (tokens.serializers), errors included; tests/tokens/test_lease_door.py runs both.
 """
 
+import functools
 import logging
 
 from django.conf import settings
@@ -21,13 +22,14 @@ from django.core.exceptions import SuspiciousOperation
 from django.http import QueryDict
 from django.utils.http import parse_header_parameters
 from rest_framework import exceptions
+from rest_framework.metadata import SimpleMetadata
 
 from accounts.roles import Perm
 from portal.bare_asgi import AsgiExchange, ClientGone
 from portal.db import on_loop_when_free
 from portal.errors import DATABASE_DOWN, error_payload
 from portal.rate_limit import acheck_key_rate
-from tokens import services
+from tokens import api, services
 from tokens.callers import Caller, caller_pool, ensure_caller_may, known_caller, raw_key_from
 from tokens.chat import load_json
 from tokens.serializers import (
@@ -38,18 +40,28 @@ logger = logging.getLogger(__name__)
 
 
 async def provision(scope, receive, send):
-    await _serve(AsgiExchange(scope, receive, send), "GET", _provision)
+    await _serve(AsgiExchange(scope, receive, send), "GET", _provision, api.ProvisionApi)
 
 
 async def report(scope, receive, send):
-    await _serve(AsgiExchange(scope, receive, send), "POST", _report)
+    await _serve(AsgiExchange(scope, receive, send), "POST", _report, api.ReportApi)
 
 
-async def _serve(exchange: AsgiExchange, method: str, work) -> None:
+@functools.cache
+def _options_answer(view) -> dict:
+    """What the DRF view answers to OPTIONS (its name, description, what it renders and parses)."""
+    return SimpleMetadata().determine_metadata(None, view())
+
+
+async def _serve(exchange: AsgiExchange, method: str, work, view) -> None:
     try:
         caller = await _leasing_caller(exchange)  # before the method, as DRF checks: a wrong method still counts
         if exchange.scope["method"] != method:
-            return await exchange.send_method_not_allowed(method)
+            allowed = {"Allow": f"{method}, OPTIONS"}
+            if exchange.scope["method"] == "OPTIONS":
+                return await exchange.send_json(_options_answer(view), 200, allowed)
+            refusal = error_payload(f'Method "{exchange.scope["method"]}" not allowed.', "method_not_allowed")
+            return await exchange.send_json(refusal, 405, allowed)
         payload, headers = await work(exchange, caller)
     except (exceptions.APIException, *DATABASE_DOWN) as exc:
         return await exchange.send_refusal(exc)

@@ -230,3 +230,12 @@ def test_no_answer_carries_a_secret_or_a_traceback(door):
         assert lease["token"] not in response.text and "Traceback" not in response.text
         body = response.json()
         assert set(body) >= {"error", "error_type"} if response.status_code >= 400 else body["ok"] is True
+
+
+def test_both_doors_say_which_methods_they_take(door):
+    for path, method in (("/keys/provision/hf", "GET"), ("/keys/report/hf", "POST")):
+        wrong = door.call("DELETE", path)
+        assert wrong.status_code == 405 and wrong.headers["allow"] == f"{method}, OPTIONS"
+        options = door.call("OPTIONS", path)
+        assert options.status_code == 200 and options.headers["allow"] == f"{method}, OPTIONS"
+        assert {"name", "renders", "parses"} <= set(options.json())
