@@ -8,15 +8,17 @@ become `***`, in the path and in the query.
 
 It also stops gracefully: on SIGTERM every running request is cancelled and the worker exits once all of
 them have ended (see GracefulServer); it sends streamed writes at once (PortalServer.handle_reply); and
-Twisted no longer parses request bodies as forms (FormsLeftToDjango). And it runs on uvloop where it is installed (not on Windows): one
+Twisted no longer parses request bodies as forms (FormsLeftToDjango). And it runs on uvloop where it is installed (not on Windows; PORTAL_UVLOOP=0 keeps asyncio's loop): one
 chat at a time, bench/ab.py measured +10 req/s and 0.9 ms less to the first chunk than on asyncio's loop.
 """
 
 import asyncio
 import logging
+import os
 from urllib.parse import parse_qsl, quote, unquote
 
-if __name__ == "__main__":  # a worker, not an import (by a test): before daphne.server makes its loop on import
+# A worker, not an import (by a test), unless PORTAL_UVLOOP=0; before daphne.server makes its loop on import.
+if __name__ == "__main__" and os.environ.get("PORTAL_UVLOOP", "1") != "0":
     try:
         import uvloop
     except ImportError:  # Windows: asyncio's own loop
@@ -62,6 +64,7 @@ class ScrubbedAccessLog(AccessLogGenerator):
 class GracefulServer(Server):
     def listen_success(self, port):
         self.__dict__.setdefault("ports", []).append(port)
+        logger.info("Event loop: %s", type(asyncio.get_event_loop_policy()).__module__.split(".")[0])  # uvloop or asyncio
         return super().listen_success(port)
 
     def kill_all_applications(self):
