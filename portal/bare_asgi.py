@@ -128,7 +128,9 @@ class AsgiExchange:
         await self.send_bytes(json.dumps(payload).encode(), "application/json", status, headers)
 
     async def send_method_not_allowed(self, allowed: str) -> None:
-        await self.send_json(error_payload(f"Use {allowed}.", "method_not_allowed"), 405, {"Allow": allowed})
+        """405, as DRF words it; `allowed` is the Allow header ("POST", "GET, OPTIONS")."""
+        refusal = error_payload(f'Method "{self.scope["method"]}" not allowed.', "method_not_allowed")
+        await self.send_json(refusal, 405, {"Allow": allowed})
 
     async def send_refusal(self, exc: Exception) -> None:
         """An API exception, or a database that is down, answered as a DRF view would have answered it."""

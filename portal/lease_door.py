@@ -57,11 +57,10 @@ async def _serve(exchange: AsgiExchange, method: str, work, view) -> None:
     try:
         caller = await _leasing_caller(exchange)  # before the method, as DRF checks: a wrong method still counts
         if exchange.scope["method"] != method:
-            allowed = {"Allow": f"{method}, OPTIONS"}
+            allowed = f"{method}, OPTIONS"
             if exchange.scope["method"] == "OPTIONS":
-                return await exchange.send_json(_options_answer(view), 200, allowed)
-            refusal = error_payload(f'Method "{exchange.scope["method"]}" not allowed.', "method_not_allowed")
-            return await exchange.send_json(refusal, 405, allowed)
+                return await exchange.send_json(_options_answer(view), 200, {"Allow": allowed})
+            return await exchange.send_method_not_allowed(allowed)
         payload, headers = await work(exchange, caller)
     except (exceptions.APIException, *DATABASE_DOWN) as exc:
         return await exchange.send_refusal(exc)

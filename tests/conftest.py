@@ -166,13 +166,13 @@ def prepared_portal_env(var_dir, standin_url: str, admin_key: str, **extra: str)
     return env
 
 
-def start_portal_worker(env: dict, log_path) -> subprocess.Popen:
-    """One worker as `make run` starts it (portal.serve), in its own process group (so a test can SIGKILL it
-    whole); `.url` is its address."""
+def start_portal_worker(env: dict, log_path, app: str = "portal.asgi:application") -> subprocess.Popen:
+    """One worker as `make run` starts it (portal.serve, serving `app`), in its own process group (so a test
+    can SIGKILL it whole); `.url` is its address."""
     port = free_port()
     with open(log_path, "a") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "portal.serve", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+            [sys.executable, "-m", "portal.serve", "-b", "127.0.0.1", "-p", str(port), app],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     wait_for_port(port)

@@ -2,12 +2,11 @@
 PORTAL_UVLOOP=0; the worker says which when it starts."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import start_portal_worker, stop_portal_workers
+from tests.portal.test_worker_writes import BUSY_APP
 
 
 @pytest.mark.parametrize(("setting", "loop"), [(None, "uvloop"), ("0", "asyncio")])
@@ -15,15 +14,6 @@ def test_the_worker_runs_and_names_the_event_loop_asked_for(setting, loop, tmp_p
     env = {name: value for name, value in os.environ.items() if name != "PORTAL_UVLOOP"}
     if setting is not None:
         env["PORTAL_UVLOOP"] = setting
-    port, log = free_port(), tmp_path / "daphne.log"
-    with open(log, "w") as output:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "portal.serve", "-b", "127.0.0.1", "-p", str(port), "tests.portal.busy_after_first_write:application"],
-            env=env, stdout=output, stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(port)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+    log = tmp_path / "daphne.log"
+    stop_portal_workers(start_portal_worker(env, log, app=BUSY_APP))  # started: it listens; stopped at once
     assert f"Event loop: {loop}" in log.read_text()

@@ -1,34 +1,27 @@
 """How a worker (portal.serve, as `make run` starts it) writes to its connections: a streamed part leaves at
 once, not when the worker is next idle; and request bodies are Django's to parse, not Twisted's."""
 
-import subprocess
-import sys
+import os
 import time
 
 import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import start_portal_worker, stop_portal_workers
 from tests.portal.busy_after_first_write import BUSY_SECONDS
+
+BUSY_APP = "tests.portal.busy_after_first_write:application"
 
 
 @pytest.fixture(scope="module")
 def busy_worker(tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("busy-worker") / "daphne.log"
-    with open(log, "w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "portal.serve", "-b", "127.0.0.1", "-p", str(port),
-             "tests.portal.busy_after_first_write:application"],
-            stdout=output, stderr=subprocess.STDOUT,
-        )
+    worker = start_portal_worker(dict(os.environ), log, app=BUSY_APP)
     try:
-        wait_for_port(port)
-        yield f"127.0.0.1:{port}"
+        yield worker.url.removeprefix("http://")
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_portal_workers(worker)
 
 
 def test_a_streamed_body_part_reaches_the_client_while_the_worker_is_busy_with_the_next(busy_worker):
