@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run demo cluster test test-sqlite test-services venv migrate clean
+.PHONY: run demo cluster test test-sqlite test-services lint venv migrate clean
 
 venv: $(VENV)/.installed
 
@@ -48,6 +48,9 @@ test-sqlite: venv
 
 test-services: venv
 	$(PY) scripts/with_services.py -- $(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -11,7 +11,6 @@ from accounts import selectors, services
 from accounts.keys import digest_api_key
 from accounts.models import ApiKey
 
-
 BEARER_CHALLENGE = 'Bearer realm="portal"'  # WWW-Authenticate on a 401
 
 

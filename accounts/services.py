@@ -10,8 +10,8 @@ from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.exceptions import PermissionDenied, ValidationError
 
-from accounts.keys import MIN_PROVIDED_KEY_LENGTH, digest_api_key, display_prefix, generate_api_key
 from accounts.audit import audit_record
+from accounts.keys import MIN_PROVIDED_KEY_LENGTH, digest_api_key, display_prefix, generate_api_key
 from accounts.models import ApiKey, Membership, Organization, User
 from accounts.roles import Role
 from portal.errors import Conflict

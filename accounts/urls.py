@@ -1,6 +1,6 @@
-import portal.converters  # noqa: F401  registers <id:…>
 from django.urls import path
 
+import portal.converters  # noqa: F401  registers <id:…>
 from accounts import api
 
 # No trailing slashes: the paths are the ones existing clients already call.

@@ -65,9 +65,20 @@ from websockets.protocol import State
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from servers import (  # noqa: E402
-    ADMIN_KEY, CLIENT_CONNECTIONS, PYTHON, Processes, clean_env, free_port, bench_run, percentile, profile_portal,
-    start_portal, start_standin, wait_until,
+    ADMIN_KEY,
+    CLIENT_CONNECTIONS,
+    PYTHON,
+    Processes,
+    bench_run,
+    clean_env,
+    free_port,
+    percentile,
+    profile_portal,
+    start_portal,
+    start_standin,
+    wait_until,
 )
+
 LITELLM_MASTER_KEY = "sk-bench-litellm-master-key"
 LITELLM_UPSTREAM_KEY = "hf_standin_bench_key_x"
 MODEL = "standin/echo"

@@ -14,8 +14,8 @@ from accounts import selectors as account_selectors
 from accounts.permissions import SESSION_ORGANIZATION_KEY, membership_has
 from accounts.roles import Perm
 from portal import live
-from portal.db import on_db_threads
 from portal.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, _same_origin
+from portal.db import on_db_threads
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):

@@ -1,7 +1,7 @@
-import portal.converters  # noqa: F401  registers <id:…>
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
+import portal.converters  # noqa: F401  registers <id:…>
 from dashboard import views
 
 app_name = "dashboard"

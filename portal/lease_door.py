@@ -33,7 +33,12 @@ from tokens import api, services
 from tokens.callers import Caller, caller_pool, ensure_caller_may, known_caller, raw_key_from
 from tokens.chat import load_json
 from tokens.serializers import (
-    PROVISION_HEADERS, ProvisionInput, ReportInput, provision_answer, report_answer, report_arguments,
+    PROVISION_HEADERS,
+    ProvisionInput,
+    ReportInput,
+    provision_answer,
+    report_answer,
+    report_arguments,
 )
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ KeysInUrlMiddleware covers every Django request; refuse_keys_in_url(app) wraps a
 websocket) for what is served before Django (portal.asgi).
 """
 
-import re
 import logging
+import re
 from urllib.parse import parse_qsl, unquote
 
 from portal.errors import error_payload, error_response

@@ -5,7 +5,7 @@ and save what they return, so every rule is testable with plain values.
 """
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 
 class Status:
@@ -80,9 +80,9 @@ class Transition:
 
 def first_of_next_month(now: datetime) -> datetime:
     """00:00 UTC on the 1st of next month, when Hugging Face resets monthly credits."""
-    now = now.astimezone(timezone.utc)
+    now = now.astimezone(UTC)
     year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
-    return datetime(year, month, 1, tzinfo=timezone.utc)
+    return datetime(year, month, 1, tzinfo=UTC)
 
 
 def quarantine_until(stage: int, now: datetime, policy: QuarantinePolicy) -> datetime:

@@ -15,7 +15,6 @@ from tokens.models import HFToken, Lease, Outcome, TokenEvent, TokenPool, UsageC
 from tokens.policy import ErrorType, Status
 
 
-
 def pool_list(organization: Organization) -> QuerySet[TokenPool]:
     return TokenPool.objects.filter(organization=organization).annotate(token_count=Count("tokens"))
 

@@ -1,5 +1,5 @@
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rest_framework import serializers
 
@@ -212,8 +212,8 @@ class TokenCreateQuery(InputSerializer):
 # --- Usage ---------------------------------------------------------------------------------------
 
 
-USAGE_EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
-USAGE_LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+USAGE_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+USAGE_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class UsageInput(InputSerializer):

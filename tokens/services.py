@@ -17,8 +17,17 @@ from accounts.audit import audit_record
 from accounts.models import ApiKey, Organization, User
 from portal import live
 from portal.db import (
-    current_db, db_value, first_row, insert_row, lock_rows_of, on_commit, require_database_thread, save_fields,
-    statement, submit_to_db_threads, write_transaction,
+    current_db,
+    db_value,
+    first_row,
+    insert_row,
+    lock_rows_of,
+    on_commit,
+    require_database_thread,
+    save_fields,
+    statement,
+    submit_to_db_threads,
+    write_transaction,
 )
 from portal.errors import DATABASE_DOWN, Conflict, PortalError
 from portal.redact import redact_secrets

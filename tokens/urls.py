@@ -1,6 +1,6 @@
-import portal.converters  # noqa: F401  registers <id:…>
 from django.urls import path, re_path
 
+import portal.converters  # noqa: F401  registers <id:…>
 from tokens import api
 
 urlpatterns = [

@@ -14,7 +14,6 @@ import time
 import uuid
 
 import httpx
-import pytest
 from django.test import Client
 
 from accounts.roles import Role

@@ -1,6 +1,5 @@
 """The rate limit and the URL check on the paths served before Django: /v1/chat/completions, /v1/models, /ws/chat/."""
 
-import json
 
 import httpx
 import pytest

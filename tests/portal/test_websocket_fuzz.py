@@ -8,7 +8,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.portal.test_chat_websocket import (
-    ChatSocket, assert_streamed, bearer, chat_socket, good_token, in_process, request_frame, user_key,
+    ChatSocket,
+    assert_streamed,
+    bearer,
+    chat_socket,
+    good_token,
+    in_process,
+    request_frame,
+    user_key,
 )
 
 __all__ = ["good_token", "user_key"]  # fixtures this module uses from the websocket tests

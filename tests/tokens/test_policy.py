@@ -1,6 +1,6 @@
 """The quarantine rules as pure functions: plain states and frozen clock values, no database, no real clock."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -14,7 +14,7 @@ from tokens.policy import (
     next_state,
 )
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 POLICY = QuarantinePolicy()
 TRANSIENT = [ErrorType.TIMEOUT, ErrorType.CONNECTION_ERROR, ErrorType.SERVER_ERROR, ErrorType.UNKNOWN]

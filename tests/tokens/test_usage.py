@@ -3,7 +3,7 @@
 The history below is made through the services with explicit times, so every count is known in advance.
 """
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
@@ -16,8 +16,8 @@ from tokens.policy import ErrorType
 pytestmark = pytest.mark.django_db
 
 USAGE = "/admin/usage"
-SINCE = datetime(2025, 3, 10, tzinfo=timezone.utc)
-UNTIL = datetime(2025, 3, 12, tzinfo=timezone.utc)
+SINCE = datetime(2025, 3, 10, tzinfo=UTC)
+UNTIL = datetime(2025, 3, 12, tzinfo=UTC)
 WINDOW = {"since": SINCE.isoformat(), "until": UNTIL.isoformat()}
 
 CREDITS_402 = (
@@ -28,7 +28,7 @@ CREDITS_402 = (
 
 
 def at(day: int, hour: int, minute: int = 0) -> datetime:
-    return datetime(2025, 3, day, hour, minute, tzinfo=timezone.utc)
+    return datetime(2025, 3, day, hour, minute, tzinfo=UTC)
 
 
 def counts(leases, successes=0, errors=0, cancelled=0, expired=0, open=0, **errors_by_type) -> dict:
@@ -162,7 +162,7 @@ def test_usage_window_is_half_open_and_narrows_the_counts(history, client_for):
     admin = client_for(history.keys["admin"])
 
     only_the_first_day = usage(admin, group_by="pool", until=at(11, 0).isoformat())
-    just_past_until = datetime(2025, 3, 12, 0, 0, 1, tzinfo=timezone.utc)
+    just_past_until = datetime(2025, 3, 12, 0, 0, 1, tzinfo=UTC)
     including_until = usage(admin, group_by="day", until=just_past_until.isoformat())
 
     rows = {row["name"]: row for row in only_the_first_day["rows"]}
