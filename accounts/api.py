@@ -114,14 +114,14 @@ class UserDetailApi(TenantAPIView):
 
     @extend_schema(request=UserUpdateInput, responses=UserOutput, summary="Change email, name, role or active flag")
     def patch(self, request, user_id: int):
-        membership = selectors.membership_get(self.organization, user_id)
+        membership = selectors.membership_to_manage(self.organization, user_id, actor=self.actor)
         data = UserUpdateInput.validated(request.data)
         membership = services.user_update(membership=membership, **data, **self.audit)
         return Response(UserOutput(membership).data)
 
     @extend_schema(responses={200: UserOutput}, summary="Deactivate a user (history stays)")
     def delete(self, request, user_id: int):
-        membership = selectors.membership_get(self.organization, user_id)
+        membership = selectors.membership_to_manage(self.organization, user_id, actor=self.actor)
         membership = services.user_deactivate(membership=membership, **self.audit)
         return Response(UserOutput(membership).data)
 
@@ -135,7 +135,7 @@ class UserApiKeyListCreateApi(TenantAPIView):
         if user_id != self.request.user.id and not self.may(Perm.MANAGE_ALL_KEYS):
             # Not found rather than forbidden: do not confirm that the user exists.
             raise exceptions.NotFound()
-        return selectors.membership_get(self.organization, user_id)
+        return selectors.membership_to_manage(self.organization, user_id, actor=self.actor)
 
     def _pool_named(self, name: str):
         pool = pool_by_name(self.organization, name)
@@ -146,7 +146,7 @@ class UserApiKeyListCreateApi(TenantAPIView):
     @extend_schema(responses=paginated(ApiKeyOutput), summary="A user's API keys (never the keys themselves)", operation_id="user_api_keys_list")
     def get(self, request, user_id: int):
         membership = self._owner_membership(user_id)
-        return self.paginated_response(selectors.api_key_list(self.organization, user=membership.user), ApiKeyOutput)
+        return self.paginated_response(selectors.api_key_list(self.organization, actor=self.actor, user=membership.user), ApiKeyOutput)
 
     @extend_schema(request=ApiKeyCreateInput, responses={201: ApiKeyCreatedOutput}, summary="Create an API key")
     def post(self, request, user_id: int):
@@ -169,17 +169,17 @@ class ApiKeyListApi(TenantAPIView):
 
     @extend_schema(responses=paginated(ApiKeyOutput), summary="API keys: the organization's for admins, else one's own", operation_id="api_keys_list")
     def get(self, request):
-        return self.paginated_response(selectors.api_key_list(self.organization, user=self.key_owner), ApiKeyOutput)
+        return self.paginated_response(selectors.api_key_list(self.organization, actor=self.actor, user=self.key_owner), ApiKeyOutput)
 
 
 class ApiKeyDetailApi(ApiKeyListApi):
     @extend_schema(responses=ApiKeyOutput, summary="One API key (never the key itself)")
     def get(self, request, key_id: int):
-        return Response(ApiKeyOutput(selectors.api_key_get(self.organization, key_id, user=self.key_owner)).data)
+        return Response(ApiKeyOutput(selectors.api_key_get(self.organization, key_id, actor=self.actor, user=self.key_owner)).data)
 
     @extend_schema(responses={200: ApiKeyOutput}, summary="Revoke an API key")
     def delete(self, request, key_id: int):
-        api_key = selectors.api_key_get(self.organization, key_id, user=self.key_owner)
+        api_key = selectors.api_key_get(self.organization, key_id, actor=self.actor, user=self.key_owner)
         api_key = services.api_key_revoke(api_key=api_key, **self.audit)
         return Response(ApiKeyOutput(api_key).data)
 

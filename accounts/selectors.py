@@ -1,6 +1,6 @@
 """Everything in accounts that reads. Tenant-owned reads take the organization first."""
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
 
 from accounts.models import ApiKey, AuditEvent, Membership, Organization, User
@@ -22,6 +22,22 @@ def membership_get(organization: Organization, user_id) -> Membership:
     return get_object_or_404(membership_list(organization), user_id=user_id)
 
 
+def may_manage_account(actor: User | None, user: User) -> bool:
+    """Superusers are above organizations: only a superuser, or the portal itself (no actor), acts on a
+    superuser's account (keys, role, name, email, password, active flag). `_managed_by` is the same rule
+    as a filter."""
+    return actor is None or actor.is_superuser or not user.is_superuser
+
+
+def _managed_by(actor: User | None, user_field: str) -> Q:
+    return Q() if actor is None or actor.is_superuser else ~Q(**{f"{user_field}__is_superuser": True})
+
+
+def membership_to_manage(organization: Organization, user_id, *, actor: User | None) -> Membership:
+    """The membership `actor` is about to act on; a superuser's is not found for anyone but a superuser."""
+    return get_object_or_404(membership_list(organization).filter(_managed_by(actor, "user")), user_id=user_id)
+
+
 def active_memberships_of(user: User) -> QuerySet[Membership]:
     """The organizations a user may act in: their active memberships of active organizations."""
     return Membership.objects.select_related("organization", "user").filter(
@@ -39,15 +55,17 @@ def membership_for_user(user: User, organization_id=None) -> Membership | None:
     return memberships.order_by("id").first()
 
 
-def api_key_list(organization: Organization, *, user: User | None = None) -> QuerySet[ApiKey]:
-    keys = ApiKey.objects.filter(membership__organization=organization).select_related("membership__user", "pool")
+def api_key_list(organization: Organization, *, actor: User | None, user: User | None = None) -> QuerySet[ApiKey]:
+    """The organization's keys `actor` may see and revoke (a superuser's only for superusers), or `user`'s."""
+    keys = ApiKey.objects.filter(_managed_by(actor, "membership__user"), membership__organization=organization)
+    keys = keys.select_related("membership__user", "pool")
     if user is not None:
         keys = keys.filter(membership__user=user)
     return keys
 
 
-def api_key_get(organization: Organization, key_id, *, user: User | None = None) -> ApiKey:
-    return get_object_or_404(api_key_list(organization, user=user), pk=key_id)
+def api_key_get(organization: Organization, key_id, *, actor: User | None, user: User | None = None) -> ApiKey:
+    return get_object_or_404(api_key_list(organization, actor=actor, user=user), pk=key_id)
 
 
 def audit_event_list(organization: Organization, *, action: str = "", actor: str = "") -> QuerySet[AuditEvent]:

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.http import Http404
 from django.utils import timezone
 from django.utils.text import slugify
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -14,6 +15,7 @@ from accounts.audit import audit_record
 from accounts.keys import MIN_PROVIDED_KEY_LENGTH, digest_api_key, display_prefix, generate_api_key
 from accounts.models import ApiKey, Membership, Organization, User
 from accounts.roles import Role
+from accounts.selectors import may_manage_account
 from portal.errors import Conflict
 from tokens.services import pool_ensure_default
 
@@ -82,6 +84,7 @@ def user_update(
     is_active: bool | None = None,
 ) -> Membership:
     user = membership.user
+    _ensure_may_manage(actor, user)
     changed_user_fields = {
         field: value
         for field, value in {"email": email, "full_name": full_name}.items()
@@ -123,6 +126,7 @@ def user_update(
 @transaction.atomic
 def user_deactivate(*, membership: Membership, actor: User | None, ip: str | None = None) -> Membership:
     """Deactivate, never delete: leases and audit history keep pointing at the user."""
+    _ensure_may_manage(actor, membership.user)
     if not membership.is_active:
         return membership
     if membership.role == Role.ADMIN:
@@ -154,6 +158,12 @@ def superuser_membership_ensure(*, organization: Organization, actor: User, ip: 
     return membership
 
 
+def _ensure_may_manage(actor: User | None, user: User) -> None:
+    """The services check the superuser rule again, whatever lookup brought the target here."""
+    if not may_manage_account(actor, user):
+        raise Http404()
+
+
 def _belongs_elsewhere(membership: Membership) -> bool:
     return Membership.objects.filter(user_id=membership.user_id).exclude(organization_id=membership.organization_id).exists()
 
@@ -180,6 +190,7 @@ def api_key_create(
     ip: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with the raw string, which is never stored and never shown again."""
+    _ensure_may_manage(actor, membership.user)
     if raw_key is not None and len(raw_key) < MIN_PROVIDED_KEY_LENGTH:
         raise ValidationError({"api_key": [f"A provided key needs at least {MIN_PROVIDED_KEY_LENGTH} characters."]})
     if expires_at is not None and expires_at <= timezone.now():
@@ -202,6 +213,7 @@ def api_key_create(
 
 @transaction.atomic
 def api_key_revoke(*, api_key: ApiKey, actor: User | None, ip: str | None = None) -> ApiKey:
+    _ensure_may_manage(actor, api_key.membership.user)
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])

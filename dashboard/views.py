@@ -375,11 +375,13 @@ def users(request):
                 membership, raw_key = result
                 created = {"username": membership.user.username, "api_key": raw_key}
                 form = forms.UserCreateForm()
+    memberships = list(account_selectors.membership_list(organization))
     response = render(
         request,
         "dashboard/users.html",
         {
-            "memberships": account_selectors.membership_list(organization),
+            "memberships": memberships,
+            "manageable": {m.user_id for m in memberships if account_selectors.may_manage_account(request.user, m.user)},
             "form": form,
             "created": created,
             "roles": Role.choices,
@@ -392,7 +394,7 @@ def users(request):
 @require_POST
 @dashboard_view(Perm.MANAGE_USERS)
 def user_change(request, user_id: int, change: str):
-    membership = account_selectors.membership_get(request.viewer.organization, user_id)
+    membership = account_selectors.membership_to_manage(request.viewer.organization, user_id, actor=request.user)
     name = membership.user.username
     if change == "role":
         form = forms.RoleForm(request.POST)
@@ -426,7 +428,11 @@ def api_keys(request):
     organization = viewer.organization
     manage_all = viewer.may(Perm.MANAGE_ALL_KEYS)
     owners = (
-        [(m.user_id, m.user.username) for m in account_selectors.membership_list(organization).filter(is_active=True)]
+        [
+            (m.user_id, m.user.username)
+            for m in account_selectors.membership_list(organization).filter(is_active=True)
+            if account_selectors.may_manage_account(viewer.user, m.user)
+        ]
         if manage_all
         else None
     )
@@ -437,7 +443,7 @@ def api_keys(request):
         if form.is_valid():
             data = form.cleaned_data
             owner_id = data.get("owner") or viewer.user.pk
-            membership = account_selectors.membership_get(organization, owner_id)
+            membership = account_selectors.membership_to_manage(organization, owner_id, actor=viewer.user)
             pool = token_selectors.pool_by_name(organization, data["pool"]) if data["pool"] else None
             result = attempt(
                 request,
@@ -450,7 +456,7 @@ def api_keys(request):
                 api_key, raw_key = result
                 created = {"key": api_key, "api_key": raw_key}
                 form = forms.ApiKeyCreateForm(organization=organization, owners=owners, initial={"owner": viewer.user.pk})
-    keys = account_selectors.api_key_list(organization, user=None if manage_all else viewer.user)
+    keys = account_selectors.api_key_list(organization, actor=viewer.user, user=None if manage_all else viewer.user)
     page = Paginator(keys, 100).get_page(request.GET.get("page"))
     response = render(
         request,
@@ -466,7 +472,7 @@ def api_keys(request):
 def api_key_revoke(request, key_id: int):
     viewer = request.viewer
     owner = None if viewer.may(Perm.MANAGE_ALL_KEYS) else viewer.user
-    api_key = account_selectors.api_key_get(viewer.organization, key_id, user=owner)
+    api_key = account_selectors.api_key_get(viewer.organization, key_id, actor=viewer.user, user=owner)
     attempt(
         request,
         lambda: account_services.api_key_revoke(api_key=api_key, **audit_of(request)),

@@ -2,7 +2,8 @@
 
 Path placeholders: {me} is the caller's user id, {other} another user's id (a plain user of the same
 organization), {my_key} a spare key of the caller (not the one it authenticates with), {other_key}
-the other user's key.
+the other user's key, {su} a platform superuser who is admin of the same organization and {su_key} that
+superuser's key: only a superuser acts on a superuser's account; to anyone else it is not there (404).
 """
 
 import pytest
@@ -49,6 +50,21 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
         {"admin": 200, "manager": 404, "user": 404, "viewer": 403, "superuser": 200, "anonymous": 401},
     ("DELETE", "/admin/api-keys/{other_key}"):
         {"admin": 200, "manager": 404, "user": 404, "viewer": 403, "superuser": 200, "anonymous": 401},
+    # A superuser's account: visible to the organization's admins, changed by superusers only.
+    ("GET", "/admin/users/{su}"):
+        {"admin": 200, "manager": 403, "user": 403, "viewer": 403, "superuser": 200, "anonymous": 401},
+    ("PATCH", "/admin/users/{su}"):
+        {"admin": 404, "manager": 403, "user": 403, "viewer": 403, "superuser": 200, "anonymous": 401},
+    ("DELETE", "/admin/users/{su}"):
+        {"admin": 404, "manager": 403, "user": 403, "viewer": 403, "superuser": 200, "anonymous": 401},
+    ("GET", "/admin/users/{su}/api-keys"):
+        {"admin": 404, "manager": 404, "user": 404, "viewer": 403, "superuser": 200, "anonymous": 401},
+    ("POST", "/admin/users/{su}/api-keys"):
+        {"admin": 404, "manager": 404, "user": 404, "viewer": 403, "superuser": 201, "anonymous": 401},
+    ("GET", "/admin/api-keys/{su_key}"):
+        {"admin": 404, "manager": 404, "user": 404, "viewer": 403, "superuser": 200, "anonymous": 401},
+    ("DELETE", "/admin/api-keys/{su_key}"):
+        {"admin": 404, "manager": 404, "user": 404, "viewer": 403, "superuser": 200, "anonymous": 401},
     ("GET", "/admin/audit"):
         {"admin": 200, "manager": 403, "user": 403, "viewer": 403, "superuser": 200, "anonymous": 401},
     # Organizations are the platform's: only superusers, whatever their role inside an organization.
@@ -61,8 +77,10 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
 BODIES = {
     ("POST", "/admin/users"): {"username": "newcomer", "email": "new@example.com", "full_name": "New", "role": "user"},
     ("PATCH", "/admin/users/{other}"): {"full_name": "Renamed"},
+    ("PATCH", "/admin/users/{su}"): {"role": "viewer", "full_name": "Renamed"},
     ("POST", "/admin/users/{me}/api-keys"): {"name": "ci"},
     ("POST", "/admin/users/{other}/api-keys"): {"name": "ci"},
+    ("POST", "/admin/users/{su}/api-keys"): {"name": "ci"},
     ("POST", "/admin/organizations"): {"name": "Globex", "slug": "globex"},
 }
 
@@ -80,6 +98,8 @@ def world(organization, make_member, client_for):
     def build(caller: str):
         other, _ = make_member(organization, Role.USER, username="other")
         other_key = ApiKey.objects.get(membership=other)
+        su, _ = make_member(organization, Role.ADMIN, username="platform", is_superuser=True)
+        su_key = ApiKey.objects.get(membership=su)
         if caller == "anonymous":
             me, raw_key = make_member(organization, Role.USER, username="someone")
             client = client_for(None)
@@ -92,7 +112,10 @@ def world(organization, make_member, client_for):
             me, raw_key = make_member(organization, caller, username=f"the-{caller}")
             client = client_for(raw_key)
         spare_key, _ = services.api_key_create(membership=me, name="spare", actor=None)
-        placeholders = {"me": me.user_id, "other": other.user_id, "my_key": spare_key.pk, "other_key": other_key.pk}
+        placeholders = {
+            "me": me.user_id, "other": other.user_id, "my_key": spare_key.pk, "other_key": other_key.pk,
+            "su": su.user_id, "su_key": su_key.pk,
+        }
         return client, placeholders
 
     return build
