@@ -5,6 +5,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 from accounts import selectors, services
+from accounts.keys import SHOWN_ONCE_HEADERS
 from accounts.permissions import membership_permissions, require
 from accounts.roles import PERMISSION_DESCRIPTIONS, ROLE_PERMISSIONS, SUPERUSER_PERMISSION, Perm, Role
 from accounts.serializers import (
@@ -92,7 +93,7 @@ class UserListCreateApi(TenantAPIView):
         organization = self._target_organization(data.pop("organization", None))
         membership, raw_key = services.user_create(organization=organization, **data, **self.audit)
         output = UserOutput(membership).data | {"api_key": raw_key}
-        return Response(output, status=status.HTTP_201_CREATED)
+        return Response(output, status=status.HTTP_201_CREATED, headers=SHOWN_ONCE_HEADERS)
 
     def _target_organization(self, slug):
         if not slug or slug == self.organization.slug:
@@ -154,7 +155,9 @@ class UserApiKeyListCreateApi(TenantAPIView):
         data = ApiKeyCreateInput.validated(request.data)
         data["pool"] = self._pool_named(data["pool"]) if data["pool"] else None
         api_key, raw_key = services.api_key_create(membership=membership, **data, **self.audit)
-        return Response(ApiKeyOutput(api_key).data | {"api_key": raw_key}, status=status.HTTP_201_CREATED)
+        return Response(
+            ApiKeyOutput(api_key).data | {"api_key": raw_key}, status=status.HTTP_201_CREATED, headers=SHOWN_ONCE_HEADERS
+        )
 
 
 class ApiKeyListApi(TenantAPIView):

@@ -22,3 +22,7 @@ def digest_api_key(raw_key: str) -> str:
 
 def display_prefix(raw_key: str) -> str:
     return raw_key[:8]
+
+
+# A response that shows a raw key (or a leased token) once: no browser, proxy or cache may keep it.
+SHOWN_ONCE_HEADERS = {"Cache-Control": "no-store"}

@@ -3,6 +3,7 @@ from datetime import UTC, datetime
 
 from rest_framework import serializers
 
+from accounts.keys import SHOWN_ONCE_HEADERS
 from portal.db import MAX_ROW_ID
 from portal.serializers import InputSerializer, SharedInputSerializer, StrictSerializer
 from tokens.models import HFToken, Strategy, TokenEvent, TokenPool
@@ -63,7 +64,7 @@ def provision_answer(grant, pool: TokenPool) -> dict:
 _PROVISION_OUTPUT = ProvisionOutput()  # shared, as SharedInputSerializer's checkers are: rendering keeps no state
 
 
-PROVISION_HEADERS = {"Cache-Control": "no-store"}  # the body holds a secret: no cache anywhere may keep it
+PROVISION_HEADERS = SHOWN_ONCE_HEADERS  # the body holds a secret: no cache anywhere may keep it
 
 
 def report_arguments(data: dict) -> dict:

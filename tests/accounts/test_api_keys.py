@@ -316,3 +316,13 @@ def test_user_creates_and_revokes_own_key(client_for, user_member):
     assert client.delete(f"/admin/api-keys/{created.json()['id']}").status_code == 200
     assert client_for(new_key).get("/me").status_code == 401
     assert client.get("/me").status_code == 200
+
+
+@pytest.mark.django_db
+def test_every_response_with_a_new_key_is_kept_by_no_cache(admin_api, admin_member):
+    user = admin_api.post("/admin/users", {"username": "fresh", "role": "user"}, format="json")
+    key = admin_api.post(f"/admin/users/{admin_member[0].user_id}/api-keys", {"name": "ci"}, format="json")
+
+    for response in (user, key):
+        assert response.status_code == 201 and response.json()["api_key"]
+        assert response["Cache-Control"] == "no-store"
