@@ -21,9 +21,9 @@ from accounts import selectors as account_selectors
 from accounts.authentication import bearer_key_from_header
 from accounts.permissions import SESSION_ORGANIZATION_KEY
 from portal.errors import describe_api_exception, validation_message
-from portal.rate_limit import RateLimited, acheck_key_rate
+from portal.rate_limit import RateLimited
 from tokens import relay
-from tokens.callers import Caller, caller_pool, known_caller
+from tokens.callers import Caller, caller_pool, count_request, known_caller
 from tokens.chat import ensure_may_chat, load_json, parse_chat_request
 from tokens.limits import stream_permit
 
@@ -44,7 +44,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.streams: dict[str, asyncio.Task] = {}
         try:
             self.caller = await self._authenticate()
-            await acheck_key_rate(self.caller.api_key.pk if self.caller.api_key else None)
+            await count_request(self.caller)
             ensure_may_chat(self.caller)
         except RateLimited:
             return await self.close(code=CLOSE_RATE_LIMITED)
@@ -116,7 +116,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _stream(self, request_id: str, body: dict, pool_name: str) -> None:
         caller = self.caller
         try:
-            await acheck_key_rate(caller.api_key.pk if caller.api_key else None)
+            await count_request(caller)
             pool = await caller_pool(caller, pool_name)
             async with contextlib.AsyncExitStack() as permit:  # held until the answer is complete
                 await permit.enter_async_context(

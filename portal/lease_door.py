@@ -28,9 +28,8 @@ from accounts.roles import Perm
 from portal.bare_asgi import AsgiExchange, ClientGone
 from portal.db import on_loop_when_free
 from portal.errors import DATABASE_DOWN, error_payload
-from portal.rate_limit import acheck_key_rate
 from tokens import api, services
-from tokens.callers import Caller, caller_pool, ensure_caller_may, known_caller, raw_key_from
+from tokens.callers import Caller, caller_pool, count_request, ensure_caller_may, known_caller, raw_key_from
 from tokens.chat import load_json
 from tokens.serializers import (
     PROVISION_HEADERS,
@@ -83,7 +82,7 @@ async def _serve(exchange: AsgiExchange, method: str, work, view) -> None:
 async def _leasing_caller(exchange: AsgiExchange) -> Caller:
     caller = await known_caller(raw_key_from(exchange.header("authorization")))
     ensure_caller_may(caller, Perm.LEASE_TOKENS, f"Your role does not allow this ({Perm.LEASE_TOKENS}).")
-    await acheck_key_rate(caller.api_key.pk)
+    await count_request(caller)
     return caller
 
 

@@ -207,7 +207,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_THROTTLE_CLASSES": ["portal.rate_limit.ApiKeyRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["portal.rate_limit.CallerRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "portal.pagination.Pagination",
@@ -245,6 +245,10 @@ PORTAL_KEY_TOUCH_INTERVAL = int(os.environ.get("PORTAL_KEY_TOUCH_INTERVAL", "60"
 PORTAL_AUTH_CACHE_SECONDS = float(os.environ.get("PORTAL_AUTH_CACHE_SECONDS", "5"))
 # Requests per minute one API key may make (a sliding window, across workers when REDIS_URL is set); 0: off.
 PORTAL_KEY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("PORTAL_KEY_RATE_LIMIT_PER_MINUTE", "6000"))
+# The same per member (all of a user's keys and their dashboard chat together); unset: the key's number.
+PORTAL_MEMBER_RATE_LIMIT_PER_MINUTE = (
+    int(os.environ["PORTAL_MEMBER_RATE_LIMIT_PER_MINUTE"]) if os.environ.get("PORTAL_MEMBER_RATE_LIMIT_PER_MINUTE") else None
+)
 # Dashboard logins: after this many failures for one username (or PORTAL_LOGIN_MAX_FAILURES_PER_IP from one
 # address) within PORTAL_LOGIN_LOCKOUT_SECONDS, further attempts are refused until that window has passed.
 PORTAL_LOGIN_MAX_FAILURES = int(os.environ.get("PORTAL_LOGIN_MAX_FAILURES", "5"))

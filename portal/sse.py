@@ -14,9 +14,8 @@ from rest_framework import exceptions
 
 from portal.bare_asgi import AsgiExchange, ClientGone
 from portal.errors import DATABASE_DOWN, api_exception_response, error_payload, error_response
-from portal.rate_limit import acheck_key_rate
 from tokens import relay
-from tokens.callers import known_caller, raw_key_from
+from tokens.callers import count_request, known_caller, raw_key_from
 from tokens.chat import chat_context, ensure_may_chat, load_json, parse_chat_request
 from tokens.limits import stream_permit
 
@@ -50,7 +49,7 @@ async def chat_completions(scope, receive, send):
         raw_key = raw_key_from(exchange.header("authorization"))
         body, pool_name = parse_chat_request(load_json(raw_body))
         caller, pool = await chat_context(raw_key, pool_name or exchange.header("x-portal-pool"))
-        await acheck_key_rate(caller.api_key.pk)
+        await count_request(caller)
         permit = await _stream_permit_for(caller)
     except (exceptions.APIException, *DATABASE_DOWN) as exc:
         return await exchange.send_refusal(exc)
@@ -108,7 +107,7 @@ async def models(request):
         return refused
     try:
         caller = await known_caller(raw_key_from(request.headers.get("Authorization", "")))
-        await acheck_key_rate(caller.api_key.pk)
+        await count_request(caller)
         ensure_may_chat(caller)
     except exceptions.APIException as exc:
         return api_exception_response(exc)
@@ -123,7 +122,7 @@ async def proxy(request, path: str):
         caller, pool = await chat_context(
             raw_key_from(request.headers.get("Authorization", "")), request.headers.get("X-Portal-Pool", "")
         )
-        await acheck_key_rate(caller.api_key.pk)
+        await count_request(caller)
         permit = await _stream_permit_for(caller)
     except exceptions.APIException as exc:
         return api_exception_response(exc)

@@ -19,6 +19,7 @@ from accounts.models import ApiKey, Membership
 from accounts.permissions import membership_has
 from portal import cache
 from portal.db import on_db_threads
+from portal.rate_limit import acheck_caller_rate
 from tokens import services
 from tokens.models import TokenPool
 
@@ -35,6 +36,11 @@ class Caller:
     @property
     def user(self):
         return self.membership.user
+
+
+async def count_request(caller: Caller) -> None:
+    """One request against the caller's rate limits, its key's and its member's, or RateLimited (429)."""
+    await acheck_caller_rate(api_key_id=caller.api_key.pk if caller.api_key else None, membership_id=caller.membership.pk)
 
 
 def raw_key_from(authorization: str) -> str:

@@ -1,5 +1,5 @@
-"""Security: the per-API-key request rate limit (429 with Retry-After, across workers through Redis) and
-keys refused in URLs."""
+"""Security: the per-API-key and per-member request rate limits (429 with Retry-After, across workers
+through Redis) and keys refused in URLs."""
 
 import asyncio
 import logging
@@ -44,6 +44,29 @@ def test_the_limit_is_per_key_and_a_session_is_not_counted(limit, organization, 
         assert session.get("/me").status_code == 200
 
 
+def test_a_member_gets_the_rate_once_however_many_keys_it_mints(limit, organization, make_member, client_for):
+    from accounts import services
+
+    membership, first = make_member(organization, Role.USER)
+    keys = [first] + [services.api_key_create(membership=membership, name=f"k{n}", actor=None)[1] for n in (2, 3)]
+    for key in keys:
+        assert client_for(key).get("/me").status_code == 200
+    refused = client_for(keys[0]).get("/me")
+    assert refused.status_code == 429
+    assert refused.json()["error"].startswith("Too many requests for this member: at most 3 a minute")
+    assert 1 <= int(refused["Retry-After"]) <= 60
+
+
+def test_the_stricter_of_the_key_and_member_limits_wins(settings, organization, make_member, client_for):
+    settings.PORTAL_KEY_RATE_LIMIT_PER_MINUTE = 5
+    settings.PORTAL_MEMBER_RATE_LIMIT_PER_MINUTE = 2
+    _, key = make_member(organization, Role.USER)
+    client = client_for(key)
+    assert [client.get("/me").status_code for _ in range(3)] == [200, 200, 429]
+    settings.PORTAL_MEMBER_RATE_LIMIT_PER_MINUTE = 0  # members uncounted: the key's own five apply
+    assert [client.get("/me").status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
 def test_every_drf_endpoint_counts_lease_and_report_included(limit, organization, make_member, make_token, client_for):
     make_token(organization)
     _, key = make_member(organization, Role.USER)
@@ -67,26 +90,36 @@ def test_the_window_slides_a_slot_frees_when_the_oldest_request_is_a_minute_old(
     now = [1000.0]
     monkeypatch.setattr(rate_limit.time, "monotonic", lambda: now[0])
     windows = rate_limit._LocalWindows()
-    assert windows.admit("k", limit) == 0
+    key = [("key", "k")]
+    assert windows.admit(key, [limit]) == (0, -1)
     now[0] += 20
-    assert windows.admit("k", limit) == 0
-    assert windows.admit("k", limit) == 0
-    assert windows.admit("k", limit) == pytest.approx(40)  # the first request leaves the window at 1060
+    assert windows.admit(key, [limit]) == (0, -1)
+    assert windows.admit(key, [limit]) == (0, -1)
+    assert windows.admit(key, [limit]) == (pytest.approx(40), 0)  # the first request leaves the window at 1060
     now[0] += 40
-    assert windows.admit("k", limit) == 0
+    assert windows.admit(key, [limit]) == (0, -1)
+
+
+def test_a_request_refused_by_one_window_is_counted_in_none():
+    windows = rate_limit._LocalWindows()
+    key, member = ("key", 1), ("member", 1)
+    assert windows.admit([member], [1]) == (0, -1)
+    assert windows.admit([key, member], [5, 1])[1] == 1  # the member's window is full
+    for _ in range(5):  # so the key's five are all still there
+        assert windows.admit([key], [5]) == (0, -1)
 
 
 def test_the_async_check_raises_the_same_error(limit):
     async def run():
         for _ in range(limit):
-            await rate_limit.acheck_key_rate(987654)
+            await rate_limit.acheck_caller_rate(api_key_id=987654, membership_id=None)
         with pytest.raises(rate_limit.RateLimited) as refused:
-            await rate_limit.acheck_key_rate(987654)
+            await rate_limit.acheck_caller_rate(api_key_id=987654, membership_id=None)
         return refused.value
 
     refused = asyncio.run(run())
     assert refused.status_code == 429 and refused.error_type == "rate_limited" and 1 <= refused.wait <= 60
-    rate_limit.check_key_rate(None)  # session callers (no key) are never counted
+    rate_limit.check_caller_rate(api_key_id=None, membership_id=None)  # nobody to count: nothing refused
 
 
 def test_an_unreachable_redis_counts_in_the_worker_with_a_warning_and_without_hanging(limit, monkeypatch, caplog):
@@ -97,9 +130,9 @@ def test_an_unreachable_redis_counts_in_the_worker_with_a_warning_and_without_ha
 
     started = time.monotonic()
     for _ in range(limit):
-        rate_limit.check_key_rate(424242)
+        rate_limit.check_caller_rate(api_key_id=424242, membership_id=None)
     with pytest.raises(rate_limit.RateLimited):
-        rate_limit.check_key_rate(424242)
+        rate_limit.check_caller_rate(api_key_id=424242, membership_id=None)
     assert time.monotonic() - started < 3
     assert "Redis unreachable" in caplog.text
     assert caplog.text.count("Redis unreachable") == 1  # warned once, not per request
@@ -107,7 +140,7 @@ def test_an_unreachable_redis_counts_in_the_worker_with_a_warning_and_without_ha
     async def run():
         shared._skip_until = 0  # try Redis again: the async path falls back the same way
         with pytest.raises(rate_limit.RateLimited):
-            await rate_limit.acheck_key_rate(424242)
+            await rate_limit.acheck_caller_rate(api_key_id=424242, membership_id=None)
 
     asyncio.run(run())
 
@@ -118,16 +151,18 @@ def test_with_redis_the_count_is_shared_by_workers(limit, settings):
     fallback: the second sees the first one's requests."""
     worker_a = rate_limit._SharedWindows(settings.REDIS_URL)
     worker_b = rate_limit._SharedWindows(settings.REDIS_URL)
-    key_id = "shared-test"
-    assert worker_a.admit(key_id, limit) == 0
-    assert worker_b.admit(key_id, limit) == 0
+    windows = [("key", "shared-test"), ("member", "shared-test")]
+    assert worker_a.admit(windows, [limit, limit + 1]) == (0, -1)
+    assert worker_b.admit(windows, [limit, limit + 1]) == (0, -1)
 
     async def third():
-        return await worker_a.aadmit(key_id, limit)
+        return await worker_a.aadmit(windows, [limit, limit + 1])
 
-    assert asyncio.run(third()) == 0
-    wait = worker_b.admit(key_id, limit)
-    assert 59 < wait <= 60
+    assert asyncio.run(third()) == (0, -1)
+    wait, which = worker_b.admit(windows, [limit, limit + 1])
+    assert 59 < wait <= 60 and which == 0  # the key's window is the full one
+    wait, which = worker_b.admit(windows[1:], [limit])  # the member's holds the same three requests
+    assert 59 < wait <= 60 and which == 0
 
 
 @requires_redis
