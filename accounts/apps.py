@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db import transaction
 
 
 class AccountsConfig(AppConfig):
@@ -6,6 +7,7 @@ class AccountsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        from django.contrib.auth.signals import user_logged_out
         from django.db.models.signals import post_delete, post_save
 
         from accounts import schema  # noqa: F401  registers the OpenAPI auth scheme
@@ -17,3 +19,31 @@ class AccountsConfig(AppConfig):
         for model in (ApiKey, Membership, Organization, User, TokenPool):
             post_save.connect(forget_everything, sender=model, dispatch_uid=f"forget-{model.__name__}")
             post_delete.connect(forget_everything, sender=model, dispatch_uid=f"forget-del-{model.__name__}")
+        # And open sockets of whoever it concerns check their caller again (portal.live.access_changed).
+        for model in (ApiKey, Membership, Organization, User):
+            post_save.connect(announce_access_change, sender=model, dispatch_uid=f"access-{model.__name__}")
+            post_delete.connect(announce_access_change, sender=model, dispatch_uid=f"access-del-{model.__name__}")
+        user_logged_out.connect(announce_logout, dispatch_uid="access-logout")
+        user_logged_out.connect(forget_everything, dispatch_uid="forget-logout")
+
+
+def announce_access_change(sender, instance, **kwargs) -> None:
+    """Once the change commits (a socket checking before then would read the old row)."""
+    from accounts.models import ApiKey, Organization
+    from portal import live
+
+    if isinstance(instance, ApiKey):
+        concerned = {"api_key_id": instance.pk}
+    elif isinstance(instance, Organization):
+        concerned = {"organization_id": instance.pk}
+    else:  # a User, or a Membership (its role, its active flag)
+        concerned = {"user_id": getattr(instance, "user_id", instance.pk)}
+    transaction.on_commit(lambda: live.access_changed(**concerned))
+
+
+def announce_logout(sender, request, user, **kwargs) -> None:
+    from portal import live
+
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if session_key:
+        live.access_changed(session_key=session_key, ended=True)

@@ -4,48 +4,75 @@ leases to its open pages, without a reload.
 The services publish events to the Channels group `portal.live.group_name(organization_id)` after commit
 (see portal.live); this consumer joins the group of the organization the session works in and passes each
 batch on as one frame: {"type": "live.events", "events": [...]}. Sessions only, from our own pages.
+
+It also joins its caller's access groups (portal.live.access_groups): when the session logs out, or the
+user is deactivated or loses the organization, the socket closes (4401/4403) and hears nothing more.
 """
 
 import json
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from rest_framework import exceptions
 
-from accounts import selectors as account_selectors
-from accounts.permissions import SESSION_ORGANIZATION_KEY, membership_has
 from accounts.roles import Perm
-from portal import live
-from portal.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, _same_origin
-from portal.db import on_db_threads
+from portal import cache, live
+from portal.consumers import CLOSE_UNAUTHENTICATED, _close_code, _same_origin
+from tokens.callers import ensure_caller_may, known_session_caller
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
-    group = None
+    groups_joined: list[str] = []
+    organization_id = None
 
     async def connect(self):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             return await self.close(code=CLOSE_UNAUTHENTICATED)
-        # A session cookie rides along with any page's websocket: only our own pages may listen.
-        if not _same_origin(dict(self.scope["headers"])):
-            return await self.close(code=CLOSE_FORBIDDEN)
-        session = self.scope.get("session") or {}
-        membership = await on_db_threads(self._membership)(user, session.get(SESSION_ORGANIZATION_KEY))
-        if membership is None:
-            return await self.close(code=CLOSE_FORBIDDEN)
-        self.organization_id = membership.organization_id
-        self.group = live.group_name(membership.organization_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        try:
+            # A session cookie rides along with any page's websocket: only our own pages may listen.
+            if not _same_origin(dict(self.scope["headers"])):
+                raise exceptions.PermissionDenied("Cross-origin websocket refused.")
+            caller = await self._current_caller()
+        except exceptions.APIException as exc:
+            return await self.close(code=_close_code(exc))
+        self.organization_id = caller.organization.pk
+        self.groups_joined = [
+            live.group_name(self.organization_id),
+            *live.access_groups(
+                user_id=caller.user.pk, organization_id=self.organization_id,
+                session_key=self.scope["session"].session_key,
+            ),
+        ]
+        for group in self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         await self.send_json({"type": "live.hello", "organization_id": self.organization_id})
 
-    @staticmethod
-    def _membership(user, organization_id):
-        membership = account_selectors.membership_for_user(user, organization_id)
-        return membership if membership_has(membership, Perm.VIEW_DASHBOARD) else None
+    async def _current_caller(self):
+        caller = await known_session_caller(self.scope["session"].session_key)
+        ensure_caller_may(caller, Perm.VIEW_DASHBOARD, "Your role does not allow the dashboard.")
+        if self.organization_id is not None and caller.organization.pk != self.organization_id:
+            raise exceptions.PermissionDenied("You work in another organization now.")
+        return caller
+
+    async def access_changed(self, message):
+        """The session's credentials changed somewhere: check them afresh, close if they no longer hold."""
+        cache.forget_now()
+        try:
+            if message.get("ended"):
+                raise exceptions.NotAuthenticated("Your session has ended; log in again.")
+            await self._current_caller()
+        except exceptions.APIException as exc:
+            await self._leave_groups()  # not one more event, even before the close is through
+            await self.close(code=_close_code(exc))
 
     async def disconnect(self, code):
-        if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self._leave_groups()
+
+    async def _leave_groups(self):
+        groups, self.groups_joined = self.groups_joined, []
+        for group in groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive(self, text_data=None, bytes_data=None):
         """Pages only listen; a ping keeps proxies from closing an idle socket. Anything else is ignored."""

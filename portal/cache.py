@@ -51,6 +51,11 @@ def forget_everything(*args, **kwargs) -> None:
     transaction.on_commit(_empty_all)
 
 
+def forget_now() -> None:
+    """Empty every cache in this process at once (a change made on another worker was announced)."""
+    _empty_all()
+
+
 def _empty_all() -> None:
     global _generation
     _generation += 1

@@ -4,6 +4,12 @@ Client frames: {"type": "chat.request", "id", "model", "messages", "max_tokens"?
 "pool"?} and {"type": "chat.cancel", "id"}. Server frames: chat.start (id, token_id, token_label),
 chat.delta (id, content) …, chat.end (id, finish_reason, usage), or chat.error (id, error, error_type).
 A bad frame gets chat.error `validation` and the connection stays open; no frame carries a secret.
+
+A socket is only as good as its caller's credentials now: every chat.request checks the caller again (the
+cached check the HTTP doors use), and a key revoked or expired, a user deactivated or demoted, a session
+logged out refuses it with chat.error `authentication` or `permission_denied` and closes the socket
+(4401/4403). Such changes also reach open sockets at once (portal.live.access_changed): the socket checks
+again, cancels its running streams (recorded `cancelled`) and closes if the caller may no longer chat.
 """
 
 import asyncio
@@ -11,19 +17,17 @@ import contextlib
 import logging
 from urllib.parse import urlparse
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.http.request import validate_host
 from rest_framework import exceptions
 
-from accounts import selectors as account_selectors
 from accounts.authentication import bearer_key_from_header
-from accounts.permissions import SESSION_ORGANIZATION_KEY
+from portal import cache, live
 from portal.errors import describe_api_exception, validation_message
 from portal.rate_limit import RateLimited
 from tokens import relay
-from tokens.callers import Caller, caller_pool, count_request, known_caller
+from tokens.callers import Caller, caller_pool, count_request, known_caller, known_session_caller
 from tokens.chat import ensure_may_chat, load_json, parse_chat_request
 from tokens.limits import stream_permit
 
@@ -42,45 +46,83 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self):
         self.streams: dict[str, asyncio.Task] = {}
+        self.access = live.AccessWatch(self._access_changed)
+        self.closing = False
         try:
             self.caller = await self._authenticate()
             await count_request(self.caller)
-            ensure_may_chat(self.caller)
         except RateLimited:
             return await self.close(code=CLOSE_RATE_LIMITED)
-        except exceptions.NotAuthenticated:
-            return await self.close(code=CLOSE_UNAUTHENTICATED)
         except exceptions.APIException as exc:
-            return await self.close(code=CLOSE_UNAUTHENTICATED if exc.status_code == 401 else CLOSE_FORBIDDEN)
+            return await self.close(code=_close_code(exc))
+        await self.access.start(
+            live.access_groups(
+                user_id=self.caller.user.pk, organization_id=self.caller.organization.pk,
+                api_key_id=self.caller.api_key.pk if self.caller.api_key else None, session_key=self.session_key,
+            )
+        )
         await self.accept()
 
     async def _authenticate(self) -> Caller:
         """A program's Bearer key (no Origin needed), or the dashboard session from an allowed origin."""
         headers = dict(self.scope["headers"])
-        raw_key = bearer_key_from_header(headers.get(b"authorization", b""))
-        if raw_key is not None:
-            return await known_caller(raw_key)
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            raise exceptions.NotAuthenticated()
-        # A session cookie rides along with any page's websocket: only our own pages may use it.
-        if not _same_origin(headers):
-            raise exceptions.PermissionDenied("Cross-origin websocket refused.")
-        session = self.scope.get("session") or {}
-        membership = await database_sync_to_async(account_selectors.membership_for_user)(
-            user, session.get(SESSION_ORGANIZATION_KEY)
-        )
-        if membership is None:
-            raise exceptions.PermissionDenied("You are not a member of any active organization.")
-        return Caller(membership, None)
+        self.raw_key = bearer_key_from_header(headers.get(b"authorization", b""))
+        self.session_key = None
+        if self.raw_key is None:
+            user = self.scope.get("user")
+            if user is None or not user.is_authenticated:
+                raise exceptions.NotAuthenticated()
+            # A session cookie rides along with any page's websocket: only our own pages may use it.
+            if not _same_origin(headers):
+                raise exceptions.PermissionDenied("Cross-origin websocket refused.")
+            self.session_key = self.scope["session"].session_key
+        return await self._current_caller()
 
-    async def disconnect(self, code):
+    async def _current_caller(self) -> Caller:
+        """Who the socket's credentials stand for now, and that they may chat; refused otherwise."""
+        if self.raw_key is not None:
+            caller = await known_caller(self.raw_key)
+        else:
+            caller = await known_session_caller(self.session_key)
+        ensure_may_chat(caller)
+        return caller
+
+    async def _access_changed(self, message) -> None:
+        """The caller's credentials changed somewhere (maybe on another worker): check them afresh."""
+        cache.forget_now()
+        try:
+            if message.get("ended"):
+                raise exceptions.NotAuthenticated("Your session has ended; log in again.")
+            self.caller = await self._current_caller()
+        except exceptions.APIException as exc:
+            await self._refuse(None, exc)
+
+    async def _refuse(self, request_id, exc: exceptions.APIException) -> None:
+        """The caller may no longer chat here: its running streams end (recorded cancelled), it hears why,
+        and the socket closes."""
+        if self.closing:
+            return
+        self.closing = True
+        await self._cancel_streams()
+        payload, _ = describe_api_exception(exc)
+        with contextlib.suppress(Exception):
+            await self._error(request_id, payload["error"], payload["error_type"])
+            await self.close(code=_close_code(exc))
+
+    async def _cancel_streams(self) -> None:
         for task in list(self.streams.values()):
             task.cancel()
         if self.streams:
             await asyncio.gather(*self.streams.values(), return_exceptions=True)
 
+    async def disconnect(self, code):
+        self.closing = True
+        await self._cancel_streams()
+        await self.access.stop()
+
     async def receive(self, text_data=None, bytes_data=None):
+        if self.closing:
+            return
         frame = text_data if text_data is not None else bytes_data
         if len(frame or "") > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:  # characters or bytes: the same bound
             return await self._error(None, f"Frames are at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes.", "payload_too_large")
@@ -111,6 +153,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             body, pool_name = parse_chat_request({**fields, "stream": True})
         except exceptions.ValidationError as exc:
             return await self._error(request_id, validation_message(exc.detail), "validation")
+        try:
+            self.caller = await self._current_caller()
+        except exceptions.APIException as exc:
+            return await self._refuse(request_id, exc)
         self.streams[request_id] = asyncio.create_task(self._stream(request_id, body, pool_name))
 
     async def _stream(self, request_id: str, body: dict, pool_name: str) -> None:
@@ -173,6 +219,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _error(self, request_id, message: str, error_type: str) -> None:
         await self.send_json({"type": "chat.error", "id": request_id, "error": message, "error_type": error_type})
+
+
+def _close_code(exc: exceptions.APIException) -> int:
+    return CLOSE_UNAUTHENTICATED if exc.status_code == 401 else CLOSE_FORBIDDEN
 
 
 def _same_origin(headers: dict) -> bool:

@@ -13,9 +13,16 @@ Event kinds (never a secret in them):
     report        token_id, pool_id, outcome (success|error|cancelled|expired), error_type
 
 A process without a running ASGI server (a management command, a cron job) sends each event at once.
+
+Open sockets also listen for changes to their caller's credentials (access_groups): a key revoked, a user
+deactivated or given another role, an organization switched off, a session logged out. access_changed()
+sends {"type": "access.changed", "ended": bool} to those groups at once (every worker, with REDIS_URL), and
+each socket checks its caller again, closing if the caller may no longer use it.
 """
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import threading
 from collections import defaultdict, deque
@@ -80,10 +87,18 @@ async def _flush_forever() -> None:
 
 
 def _send_now(organization_id: int, event: dict) -> None:
+    _send_to_group(group_name(organization_id), {"type": "live.events", "events": [event]})
+
+
+def _send_to_group(group: str, message: dict) -> None:
+    """From any thread: on the server's loop when there is one (the in-memory layer lives there), else at once."""
     layer = get_channel_layer()
     if layer is None:
         return
-    group, message = group_name(organization_id), {"type": "live.events", "events": [event]}
+    loop = _loop if _loop is not None and not _loop.is_closed() and _loop.is_running() else None
+    if loop is not None and not _on_loop(loop):
+        asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop).add_done_callback(_sent)
+        return
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:  # the usual case: a thread of a process without a server
@@ -101,7 +116,95 @@ def _send_now(organization_id: int, event: dict) -> None:
 _sending: set = set()  # sends started on an event loop, held until done
 
 
-def _sent(task: asyncio.Task) -> None:
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _sent(task) -> None:
     _sending.discard(task)
     if not task.cancelled() and task.exception() is not None:
         logger.warning("could not send a live event to dashboards", exc_info=task.exception())
+
+
+# --- Credentials of open sockets ---------------------------------------------------------------------
+
+ACCESS_JOIN_SECONDS = 1.0  # a socket that cannot join its groups in this time works without them
+
+
+def access_groups(*, user_id: int, organization_id: int, api_key_id=None, session_key: str | None = None) -> list[str]:
+    """The groups a socket joins to hear that its caller's credentials changed."""
+    groups = [f"access.user.{user_id}", f"access.org.{organization_id}"]
+    if api_key_id is not None:
+        groups.append(f"access.key.{api_key_id}")
+    if session_key:
+        groups.append(_session_group(session_key))
+    return groups
+
+
+def _session_group(session_key: str) -> str:
+    # A digest: the session key is a credential, and group names travel through Redis.
+    return f"access.session.{hashlib.sha256(session_key.encode()).hexdigest()[:32]}"
+
+
+def access_changed(*, user_id=None, organization_id=None, api_key_id=None, session_key=None, ended=False) -> None:
+    """Tell the sockets of this user, organization, key or session to check their caller again; `ended`:
+    the credentials are gone for good (a logout), close without asking."""
+    groups = []
+    if user_id is not None:
+        groups.append(f"access.user.{user_id}")
+    if organization_id is not None:
+        groups.append(f"access.org.{organization_id}")
+    if api_key_id is not None:
+        groups.append(f"access.key.{api_key_id}")
+    if session_key:
+        groups.append(_session_group(session_key))
+    for group in groups:
+        _send_to_group(group, {"type": "access.changed", "ended": ended})
+
+
+class AccessWatch:
+    """For a socket without a channel layer of its own (the chat socket, which must keep working when Redis
+    is down): joins its access groups on a channel of its own and calls `on_change(message)` for each
+    message. If the layer cannot be reached the socket goes on without it; its check on every request is
+    then what holds."""
+
+    def __init__(self, on_change):
+        self.on_change = on_change
+        self.layer, self.channel, self.groups, self.task = None, None, [], None
+
+    async def start(self, groups: list[str]) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            async with asyncio.timeout(ACCESS_JOIN_SECONDS):
+                self.channel = await layer.new_channel()
+                for group in groups:
+                    await layer.group_add(group, self.channel)
+                    self.groups.append(group)
+        except Exception:
+            logger.warning("a socket could not join its access groups; it is checked on each request only", exc_info=True)
+            await self.stop()
+            return
+        self.layer = layer
+        self.task = asyncio.create_task(self._listen(layer))
+
+    async def _listen(self, layer) -> None:
+        while True:
+            message = await layer.receive(self.channel)
+            await self.on_change(message)
+
+    async def stop(self) -> None:
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+        layer = self.layer or get_channel_layer()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(ACCESS_JOIN_SECONDS):
+                for group in self.groups:
+                    await layer.group_discard(group, self.channel)
+        self.groups = []

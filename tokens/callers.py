@@ -8,15 +8,19 @@ without a save (a key's expiry, a last use due to be recorded again) is checked 
 
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib import import_module
+from types import SimpleNamespace
 
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.utils import timezone
 from rest_framework import exceptions
 
+from accounts import selectors as account_selectors
 from accounts.authentication import authenticate_api_key, bearer_key_from_header
 from accounts.keys import digest_api_key
 from accounts.models import ApiKey, Membership
-from accounts.permissions import membership_has
+from accounts.permissions import SESSION_ORGANIZATION_KEY, membership_has
 from portal import cache
 from portal.db import on_db_threads
 from portal.rate_limit import acheck_caller_rate
@@ -73,6 +77,36 @@ async def known_caller(raw_key: str) -> Caller:
         return caller
     read_at = cache.generation()
     caller = await caller_from_key(raw_key)
+    _recent_callers.put(cache_key, caller, read_at)
+    return caller
+
+
+def _caller_from_session(session_key: str) -> Caller:
+    """A dashboard session's caller, read afresh: a session logged out, a password changed since (Django's
+    session hash) or a deactivated user is no caller any more."""
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = get_user(SimpleNamespace(session=session))
+    if not user.is_authenticated:
+        raise exceptions.NotAuthenticated("Your session has ended; log in again.")
+    membership = account_selectors.membership_for_user(user, session.get(SESSION_ORGANIZATION_KEY))
+    if membership is None:
+        raise exceptions.PermissionDenied("You are not a member of any active organization.")
+    return Caller(membership, None)
+
+
+_caller_from_session_on_db = on_db_threads(_caller_from_session)
+
+
+async def known_session_caller(session_key: str | None) -> Caller:
+    """_caller_from_session, remembered like known_caller (logging out empties the memory; accounts.apps)."""
+    if not session_key:
+        raise exceptions.NotAuthenticated()
+    cache_key = ("session", digest_api_key(session_key))
+    caller = _recent_callers.get(cache_key)
+    if caller is not None:
+        return caller
+    read_at = cache.generation()
+    caller = await _caller_from_session_on_db(session_key)
     _recent_callers.put(cache_key, caller, read_at)
     return caller
 

@@ -329,3 +329,34 @@ def test_busy_pool_never_refuses_and_counts_every_lease_from_64_clients_on_two_w
     assert all(row["active_leases"] == 0 for row in rows.values()), rows
     # Spread, not piled on one token.
     assert min(row["lease_count"] for row in rows.values()) >= total // len(tokens) // 4
+
+
+# --- (f) credentials changed on one worker close sockets open on another ---------------------------------
+
+
+def test_a_key_revoked_on_worker_b_cancels_and_closes_its_chat_socket_on_worker_a(cluster, cluster_org):
+    from websockets.exceptions import ConnectionClosed
+
+    add_tokens(cluster_org, 1)
+    worker_a, worker_b = cluster.worker_urls
+    user_key = cluster_org.admin.post(f"/admin/users/{cluster_org.user_id}/api-keys", json={"name": "socket"}).json()
+    ws_url = worker_a.replace("http://", "ws://") + "/ws/chat/"
+    with ws_connect(ws_url, additional_headers={"Authorization": f"Bearer {user_key['api_key']}"}, open_timeout=10) as socket:
+        socket.send(json.dumps({
+            "type": "chat.request", "id": "long", "model": "standin/slow-echo", "max_tokens": 300,
+            "messages": [{"role": "user", "content": "hold on"}],
+        }))
+        assert json.loads(socket.recv(timeout=10))["type"] == "chat.start"
+
+        with bearer(worker_b, cluster_org.admin_key) as b:
+            b.delete(f"/admin/api-keys/{user_key['id']}").raise_for_status()
+
+        frames = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                frames.append(json.loads(socket.recv(timeout=10)))
+    assert closed.value.rcvd.code == 4401
+    ends = [frame for frame in frames if frame["type"] != "chat.delta"]
+    assert [(frame["type"], frame.get("finish_reason") or frame.get("error_type")) for frame in ends] == [
+        ("chat.end", "cancelled"), ("chat.error", "authentication")
+    ]
