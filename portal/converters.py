@@ -15,4 +15,18 @@ class IdConverter:
         return str(value)
 
 
+class ProxiedPathConverter:
+    """Everything after /proxy/hf/, line breaks included (Django's `path` stops at them): the proxy refuses
+    a control character itself, as a 400 that says why, rather than as a route that is not found."""
+
+    regex = "(?s:.+)"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value) -> str:
+        return value
+
+
 register_converter(IdConverter, "id")
+register_converter(ProxiedPathConverter, "proxied_path")

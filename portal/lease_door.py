@@ -28,9 +28,9 @@ from accounts.roles import Perm
 from portal.bare_asgi import AsgiExchange, ClientGone
 from portal.db import on_loop_when_free
 from portal.errors import DATABASE_DOWN, error_payload
+from portal.parsers import load_json_bytes
 from tokens import api, services
 from tokens.callers import Caller, caller_pool, count_request, ensure_caller_may, known_caller, raw_key_from
-from tokens.chat import load_json
 from tokens.serializers import (
     PROVISION_HEADERS,
     ProvisionInput,
@@ -113,11 +113,7 @@ def _json_body(content_type: str, raw: bytes):
         raise exceptions.UnsupportedMediaType(content_type)
     if not raw:
         return {}
-    try:
-        text = raw.decode(params.get("charset") or "utf-8")
-    except (LookupError, UnicodeDecodeError):
-        raise exceptions.ParseError("JSON parse error - the body is not in its declared charset.") from None
-    return load_json(text)
+    return load_json_bytes(raw, params.get("charset"))
 
 
 @on_loop_when_free

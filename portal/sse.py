@@ -6,6 +6,8 @@ TGI's shape {"error", "error_type"}: as the HTTP status before streaming, as a `
 
 import contextlib
 import json
+import re
+from urllib.parse import unquote
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
@@ -14,9 +16,10 @@ from rest_framework import exceptions
 
 from portal.bare_asgi import AsgiExchange, ClientGone
 from portal.errors import DATABASE_DOWN, api_exception_response, error_payload, error_response
+from portal.parsers import load_json
 from tokens import relay
 from tokens.callers import count_request, known_caller, raw_key_from
-from tokens.chat import chat_context, ensure_may_chat, load_json, parse_chat_request
+from tokens.chat import chat_context, ensure_may_chat, parse_chat_request
 from tokens.limits import stream_permit
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -115,10 +118,26 @@ async def models(request):
     return JsonResponse({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "portal"} for name in names]})
 
 
+# Control characters (C0, DEL, C1): no URL may carry them, and httpx refuses to build one that would.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def ensure_proxyable_path(path: str) -> None:
+    """Refuse (400 `validation`) a path that must not reach upstream: a control character, or a dot-segment
+    that would climb out of the path asked for. `path` arrives percent-decoded once; it is checked decoded
+    once more as well, as upstream decodes what it receives (`%252e%252e` is `..` there)."""
+    for candidate in (path, unquote(path)):
+        if _CONTROL_CHARACTER.search(candidate):
+            raise exceptions.ValidationError("The path holds a control character.")
+        if any(segment in {".", ".."} for segment in re.split(r"[/\\]", candidate)):
+            raise exceptions.ValidationError("The path holds a dot-segment (. or ..).")
+
+
 @csrf_exempt
 async def proxy(request, path: str):
     """/proxy/hf/<path>: any Hugging Face call, relayed as it is, with a pooled token as its credentials."""
     try:
+        ensure_proxyable_path(path)  # before anything else: like a URL that matches no route, it needs no caller
         caller, pool = await chat_context(
             raw_key_from(request.headers.get("Authorization", "")), request.headers.get("X-Portal-Pool", "")
         )

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+import portal.converters  # noqa: F401  registers <proxied_path:…>
 from portal import health, metrics, sse
 
 urlpatterns = [
@@ -11,7 +12,7 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("tokens.urls")),
     path("v1/models", sse.models, name="models"),
-    path("proxy/hf/<path:path>", sse.proxy, name="proxy"),
+    path("proxy/hf/<proxied_path:path>", sse.proxy, name="proxy"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     # /admin/ is the portal's REST API; Django's own admin site lives here.

@@ -6,6 +6,7 @@ import re
 from rest_framework import exceptions
 
 from accounts.roles import Perm
+from portal.parsers import load_json  # noqa: F401  the chat socket reads its frames with it from here
 from tokens.callers import Caller, caller_pool, ensure_caller_may, known_caller
 from tokens.models import TokenPool
 
@@ -52,18 +53,6 @@ def chat_request_problems(data: dict) -> dict[str, list[str]]:
         if name in data and not valid(data[name]):
             problems[name] = [f"Must be {expected}."]
     return problems
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def load_json(text) -> object:
-    """Strict JSON: Python's parser takes NaN and Infinity, which no upstream would."""
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except (TypeError, ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
-        raise exceptions.ValidationError("The body is not valid JSON.") from None
 
 
 def chat_body_bytes(body: dict) -> bytes:

@@ -60,6 +60,15 @@ async def test_a_body_nested_deeper_than_python_can_parse_is_a_json_400(settings
     assert response.json()["error_type"] == "validation"
 
 
+async def test_a_chat_body_nested_deeper_than_the_portal_allows_is_refused_before_any_work(settings):
+    settings.ALLOWED_HOSTS = ["localhost"]
+    tools = json.loads("[" * 200 + "]" * 200)  # well-formed, and shallow enough for Python's own parser
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    response = await call("POST", "/v1/chat/completions", json=body, headers={"Authorization": "Bearer pk_x_123456789"})
+    assert response.status_code == 400, response.text  # refused before the key is looked up (no database here)
+    assert response.json()["error"] == "The body is nested deeper than 128 levels."
+
+
 async def _run_failing_answer(answer) -> list[dict]:
     """What a bare door sends when its answer raises (a bug of ours), with a client that stays connected."""
     sent, hang_up = [], asyncio.Event()

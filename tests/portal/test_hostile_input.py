@@ -115,3 +115,47 @@ async def test_the_bare_chat_door_answers_503_when_the_database_is_down(monkeypa
 
     assert response.status_code == 503
     assert response.json()["error_type"] == "database_unavailable" and response.headers["retry-after"] == "1"
+
+
+def _operations_with_a_body() -> list[tuple[str, str]]:
+    """Every DRF operation that reads a JSON body, from the OpenAPI schema (so a new one is covered too)."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    return sorted(
+        (method.upper(), path) for path, operations in schema["paths"].items()
+        for method, operation in operations.items() if "requestBody" in operation
+    )
+
+
+NESTED_TOO_DEEP = [
+    pytest.param(b"[" * 5000, id="5000-open-brackets"),
+    pytest.param(b'{"a": ' * 5000 + b"1" + b"}" * 5000, id="5000-objects"),
+    # Well-formed and shallow enough for Python's parser: refused by the portal's own limit.
+    pytest.param(b'{"name": "x", "extra": ' + b"[" * 200 + b"]" * 200 + b"}", id="200-arrays-in-an-object"),
+]
+
+
+@pytest.mark.parametrize("body", NESTED_TOO_DEEP)
+def test_json_nested_too_deep_is_a_400_on_every_drf_operation(organization, make_member, make_token, client_for, body):
+    from tokens.models import TokenPool
+
+    _, key = make_member(organization, Role.ADMIN, is_superuser=True)  # no operation refuses it before the body
+    ids = {
+        "user_id": make_member(organization, Role.USER)[0].user_id,
+        "pool_id": TokenPool.objects.get(organization=organization, name="default").pk,
+        "token_id": make_token(organization).pk,
+    }
+    client = client_for(key)
+    client.raise_request_exception = False  # answer as a server does: a crash is a 500, not a raised error
+    operations = _operations_with_a_body()
+    assert ("POST", "/admin/users") in operations and ("POST", "/keys/report/hf") in operations
+
+    answers = {}
+    for method, path in operations:
+        response = client.generic(method, path.format(**ids), body, content_type="application/json")
+        error = response.json()
+        answers[f"{method} {path}"] = (response.status_code, response["Content-Type"], error["error_type"], error["error"])
+
+    refusal = (400, "application/json", "validation", "The body is nested deeper than 128 levels.")
+    assert set(answers.values()) == {refusal}, answers

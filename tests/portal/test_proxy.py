@@ -1,9 +1,12 @@
 """/proxy/hf/<path>: any Hugging Face call, through a live portal, with a pooled token swapped in."""
 
+import http.client
+import json
 import time
 import uuid
 
 import httpx
+import pytest
 
 
 def add_token(live_org, marker: str) -> str:
@@ -55,3 +58,44 @@ def test_the_proxy_needs_a_portal_key(live_org):
     response = httpx.get(f"{live_org.url}/proxy/hf/api/whoami-v2")
 
     assert response.status_code == 401 and response.json()["error_type"] == "authentication"
+
+
+HOSTILE_PATHS = [
+    "/proxy/hf/api%00/whoami-v2",  # NUL: no URL can carry it upstream
+    "/proxy/hf/api/whoami-v2%0d%0aX-Injected:%201",  # CR LF
+    "/proxy/hf/api/whoami-v2%7f",  # DEL
+    "/proxy/hf/api/../api/whoami-v2",
+    "/proxy/hf/api/%2e%2e/api/whoami-v2",
+    "/proxy/hf/api/%2E%2E/api/whoami-v2",
+    "/proxy/hf/api/..%2fapi/whoami-v2",
+    "/proxy/hf/api/%252e%252e/api/whoami-v2",  # upstream would decode it to `..`
+    "/proxy/hf/api/.%5c..%5capi/whoami-v2",  # a backslash, which some servers read as a slash
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+def test_a_path_with_a_control_character_or_a_dot_segment_is_a_400_before_any_lease(live_org, path):
+    add_token(live_org, "untouched")
+    host, port = live_org.url.removeprefix("http://").split(":")
+    # http.client sends the path byte for byte; httpx would resolve the dot-segments before sending.
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {live_org.user_key}"})
+        response = connection.getresponse()
+        status, content_type, body = response.status, response.getheader("Content-Type"), response.read()
+    finally:
+        connection.close()
+
+    assert status == 400, body
+    assert content_type == "application/json" and json.loads(body)["error_type"] == "validation"
+    (token,) = live_org.admin.get("/admin/tokens").json()["results"]
+    assert token["lease_count"] == 0
+
+
+def test_a_path_with_dots_inside_a_segment_is_relayed(live_org):
+    add_token(live_org, "good")
+
+    response = httpx.get(f"{live_org.url}/proxy/hf/api/whoami-v2..", headers={"Authorization": f"Bearer {live_org.user_key}"})
+
+    # `whoami-v2..` is a name, not a dot-segment: it reaches upstream, where the stand-in knows no such path.
+    assert response.status_code == 404 and response.json() == {"error": "Not found: /api/whoami-v2.."}

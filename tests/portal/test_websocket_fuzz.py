@@ -102,7 +102,12 @@ async def test_a_flood_of_bad_frames_is_answered_frame_by_frame(standin, user_ke
         await assert_still_chats(socket)
 
 
-@pytest.mark.parametrize("frame", ["[]", "null", "1e999999", '{"id": "' + "i" * 101 + '", "type": "chat.request"}'])
+DEEP_REQUEST = json.dumps(request_frame("deep", tools=json.loads("[" * 200 + "]" * 200)))  # over the portal's 128 levels
+
+
+@pytest.mark.parametrize(
+    "frame", ["[]", "null", "1e999999", '{"id": "' + "i" * 101 + '", "type": "chat.request"}', "[" * 5000, DEEP_REQUEST]
+)
 @in_process
 async def test_edge_frames(standin, user_key, good_token, frame):
     async with chat_socket(bearer(user_key)) as socket:

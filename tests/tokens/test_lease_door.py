@@ -206,6 +206,12 @@ def test_malformed_reports_are_400_and_change_nothing(door):
     assert door.report(lease).json()["duplicate"] is False  # the lease was still open: nothing above touched it
 
 
+@pytest.mark.parametrize("body", [b"[" * 5000, b'{"token_id": 1, "status": "success", "error": ' + b"[" * 200 + b"]" * 200 + b"}"])
+def test_a_report_nested_too_deep_is_the_same_400_at_both_doors(door, body):
+    refused = door.call("POST", "/keys/report/hf", content=body, headers={"Content-Type": "application/json"})
+    assert assert_error(refused, 400, "validation")["error"] == "The body is nested deeper than 128 levels."
+
+
 def test_only_the_lease_holder_reports(door):
     leased, unleased = door.add_token(), door.add_token()
     lease = door.lease()
