@@ -277,3 +277,32 @@ def test_the_access_log_entry_is_written_scrubbed():
     ScrubbedAccessLog(stream)("http", "complete", {"client": "1.2.3.4:5", "method": "GET", "path": f"/me?key={key}", "status": 400, "size": 10})
     assert key not in stream.getvalue() and '"GET /me?key=***" 400 10' in stream.getvalue()
     assert datetime.date.today().strftime("%Y") in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("failed with token_hf_abcdefghijklmnop", "failed with token_hf_***"),
+        ("GET /x?t=Bearer%20hf_abcdefghijklmnop 401", "GET /x?t=Bearer *** 401"),
+        ("GET /x?t=Bearer%2520hf_abcdefghijklmnop 401", "GET /x?t=Bearer *** 401"),
+        ("Authorization: Bearer opaque-credential-123", "Authorization: Bearer ***"),
+        ("key:pk_abcdefghijklmnopqrstuvwxyz", "key:pk_***"),
+        ("key%3Dpk_abcdefghijklmnopqrstuvwxyz", "key=pk_***"),
+        # Letters or digits before `hf_` make another word, not a token.
+        ("the shf_abcdefghijk field", "the shf_abcdefghijk field"),
+        # Without a secret, the text stays as it was written, encoding and all.
+        ("Client error '401 Unauthorized' for url 'https://router.example/v1/a%20b'",
+         "Client error '401 Unauthorized' for url 'https://router.example/v1/a%20b'"),
+    ],
+)
+def test_redaction_finds_secrets_after_any_non_alphanumeric_and_once_url_decoded(text, shown):
+    from portal.redact import redact_secrets
+
+    assert redact_secrets(text) == shown
+
+
+def test_redaction_masks_the_known_secret_written_or_url_encoded():
+    from portal.redact import redact_secrets
+
+    secret = "opaque%secret/1"  # a token need not be shaped like one
+    assert redact_secrets(f"a {secret} b {secret.replace('%', '%25').replace('/', '%2F')}", secret) == "a *** b ***"

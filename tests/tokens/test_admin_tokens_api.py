@@ -892,3 +892,29 @@ def test_a_token_quoted_in_a_reported_error_is_neither_stored_nor_listed(organiz
     assert "upstream refused the token" in listing.json()["results"][0]["last_error"]
     assert secret not in listing.content.decode()
     assert tables_containing(secret) == []
+
+
+OTHER_SECRET = "hf_" + "Zq3" * 12  # not the leased token's: found by its shape alone
+OTHER_KEY = "pk_" + "Kb7" * 14
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(f"upstream refused: token_hf_{OTHER_SECRET[3:]}", id="prefixed-with-a-word-and-underscore"),
+        pytest.param(f"upstream refused: url?h=Authorization:Bearer%20{OTHER_SECRET}", id="bearer-url-encoded"),
+        pytest.param(f"upstream refused: url?h=Bearer%2520{OTHER_SECRET}", id="bearer-url-encoded-twice"),
+        pytest.param(f"upstream refused: headers=Bearer+{OTHER_SECRET}", id="bearer-form-encoded"),
+        pytest.param(f"upstream refused: url?api_key%3D{OTHER_KEY}", id="portal-key-after-encoded-equals"),
+    ],
+)
+def test_a_secret_of_any_shape_in_a_reported_error_is_neither_stored_nor_listed(api, client_as, error):
+    token = add_token(api)
+
+    report(api, token["id"], error=error)
+
+    listing = client_as(Role.VIEWER).get("/admin/tokens")
+    assert listing.json()["results"][0]["last_error"].startswith("upstream refused: ")
+    for secret in (OTHER_SECRET, OTHER_KEY):
+        assert secret[3:] not in listing.content.decode()
+        assert tables_containing(secret[3:]) == []

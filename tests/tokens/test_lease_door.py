@@ -212,6 +212,19 @@ def test_a_report_nested_too_deep_is_the_same_400_at_both_doors(door, body):
     assert assert_error(refused, 400, "validation")["error"] == "The body is nested deeper than 128 levels."
 
 
+def test_secrets_in_a_reported_error_are_masked_for_viewers_whatever_their_shape(door):
+    token_id = door.add_token()
+    other_token, other_key = "hf_" + "Zq3" * 12, "pk_" + "Kb7" * 14  # not the leased token: found by shape alone
+    error = f"401 for url '/x?h=Bearer%20{other_token}' (token_{other_token}, api_key%3D{other_key})"
+
+    assert door.report(door.lease(), status="error", error=error).status_code == 200
+
+    listing = door.call("GET", "/admin/tokens", key="viewer")
+    (token,) = listing.json()["results"]
+    assert token["id"] == token_id and token["last_error"] == "401 for url '/x?h=Bearer ***' (token_hf_***, api_key=pk_***)"
+    assert other_token[3:] not in listing.text and other_key[3:] not in listing.text
+
+
 def test_only_the_lease_holder_reports(door):
     leased, unleased = door.add_token(), door.add_token()
     lease = door.lease()
