@@ -146,23 +146,23 @@ if DATABASE_URL:
             DATABASE_URL, conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")), conn_health_checks=True
         )
     }
+else:
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "portal.sqlite3"}}
+_database = DATABASES["default"]
+if _database["ENGINE"].endswith("sqlite3"):  # the default, or DATABASE_URL=sqlite:///path
+    # Writers queue for the lock instead of failing with "database is locked". Options in DATABASE_URL's
+    # query string win.
+    _database["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        **_database.get("OPTIONS", {}),
+    }
+elif _database["ENGINE"].endswith(("postgresql", "postgis")):
     # A database host that vanished (a failover) must fail a connection attempt quickly, not after the
     # kernel's minutes of retries: every database thread would be stuck in it. `?connect_timeout=` in
-    # DATABASE_URL overrides it.
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
-else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "portal.sqlite3",
-            "OPTIONS": {
-                # Writers queue for the lock instead of failing with "database is locked".
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 20,
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            },
-        }
-    }
+    # DATABASE_URL overrides it. It is libpq's option: sqlite3 refuses it with a TypeError.
+    _database["OPTIONS"] = {"connect_timeout": 5, **_database.get("OPTIONS", {})}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer and cache ------------------------------------------
