@@ -4,8 +4,10 @@ No database, no clock of its own: services read the token, ask these functions
 and save what they return, so every rule is testable with plain values.
 """
 
+import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 
 
 class Status:
@@ -34,19 +36,61 @@ class ErrorType:
     TRANSIENT = frozenset({TIMEOUT, CONNECTION_ERROR, SERVER_ERROR, UNKNOWN})
 
 
+def error_type_for_status(status: int) -> str | None:
+    """What an upstream HTTP error status says about the token; None when it is the request's own fault.
+    Hugging Face answers 402 only when credits or a payment method are missing, so every 402 is
+    credits_exceeded, with or without the monthly-credits sentence."""
+    if status == 401:
+        return ErrorType.INVALID_CREDENTIALS
+    if status == 402:
+        return ErrorType.CREDITS_EXCEEDED
+    if status == 429:
+        return ErrorType.RATE_LIMITED
+    if status >= 500:
+        return ErrorType.SERVER_ERROR
+    return None
+
+
+CREDITS_SENTENCE = "exceeded your monthly included credits"
+# The HTTP status as each client words it; the first one in the text counts (a quoted body comes after it).
+_STATUS_IN_TEXT = re.compile(
+    r"\b(?:client|server) error '(\d{3}) "  # httpx's raise_for_status, so huggingface_hub >= 1.0
+    r"|(?<![\w.])(\d{3}) (?:client|server) error\b"  # requests' raise_for_status, so huggingface_hub < 1.0
+    r"|\berror code: (\d{3})\b"  # the openai SDK
+    r"|\b(?:http|status(?: code)?)[ :=]+(\d{3})\b"  # "HTTP 429", "status code: 429"
+    # a bare status with its own reason phrase ("429 Too Many Requests", "401: Unauthorized")
+    r"|(?<![\w.])("
+    + "|".join(f"{status.value}(?=:? {re.escape(status.phrase)}\\b)" for status in HTTPStatus if status.value >= 400)
+    + ")",
+    re.IGNORECASE,
+)
+
+
+def status_in_error(error: str) -> int | None:
+    """The HTTP status a client's error message names, in any client's wording; None when it names none."""
+    found = _STATUS_IN_TEXT.search(error)
+    return int(next(group for group in found.groups() if group)) if found else None
+
+
 def classify_error(error: str | None) -> str:
-    """hf_token_utils' rules in its order, plus rate limits; anything else is unknown."""
+    """The kind of a failure a client reported as text (hf_token_utils sends no error_type for today's
+    huggingface_hub wording). First the router's credits sentence, whatever precedes it; then the HTTP status
+    in any client's wording, read as the relay reads upstream statuses (error_type_for_status); then
+    hf_token_utils' words for failures without a status (timeout, connection) and rate-limit words.
+    Anything else is unknown."""
     text = error or ""
     lowered = text.lower()
-    if "401 Client Error" in text:
-        return ErrorType.INVALID_CREDENTIALS
-    if "402 Client Error" in text and "exceeded your monthly included credits" in text:
+    if CREDITS_SENTENCE in lowered:
         return ErrorType.CREDITS_EXCEEDED
+    status = status_in_error(text)
+    if status is not None and (kind := error_type_for_status(status)):
+        return kind
     if "timeout" in lowered or "timed out" in lowered:
         return ErrorType.TIMEOUT
-    if "connection" in text:
+    # Any case: httpx says "Connection refused", the openai SDK "Connection error."
+    if "connection" in lowered:
         return ErrorType.CONNECTION_ERROR
-    if "429" in text or "rate limit" in lowered:
+    if "rate limit" in lowered or "too many requests" in lowered:
         return ErrorType.RATE_LIMITED
     return ErrorType.UNKNOWN
 

@@ -28,7 +28,7 @@ from portal.redact import redact_secrets
 from tokens import services
 from tokens.chat import chat_body_bytes
 from tokens.models import TokenPool
-from tokens.policy import ErrorType
+from tokens.policy import ErrorType, error_type_for_status
 
 logger = logging.getLogger(__name__)
 
@@ -121,19 +121,6 @@ def _tls_context():
     """One TLS context for all the clients, built as httpx builds its own (certifi, SSL_CERT_FILE): each
     client loading the CA bundle again made a worker's first relayed request wait 0.4 s."""
     return httpx.create_ssl_context()
-
-
-def error_type_for_status(status: int) -> str | None:
-    """What an upstream HTTP error says about the token; None when it is the request's own fault."""
-    if status == 401:
-        return ErrorType.INVALID_CREDENTIALS
-    if status == 402:
-        return ErrorType.CREDITS_EXCEEDED
-    if status == 429:
-        return ErrorType.RATE_LIMITED
-    if status >= 500:
-        return ErrorType.SERVER_ERROR
-    return None
 
 
 def _upstream_message(body: bytes, status: int) -> str:

@@ -9,6 +9,7 @@ TGI. What goes wrong is chosen by the token, so a pool can hold good and bad one
     "credits"        402 with Hugging Face's monthly-credits wording
     "ratelimit"      429
     "error500"       500
+    "status<NNN>"    NNN (any 4xx or 5xx) with its reason phrase as the error
     "drop"           the connection closes after a few chunks, mid-stream
     "slow"           the first byte comes after STANDIN_SLOW_SECONDS (default 3)
     "linger"         the body ends LINGER_SECONDS after `data: [DONE]`, not with it
@@ -21,9 +22,11 @@ press Stop). Run it with `python manage.py standin_upstream`.
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 import uuid
+from http import HTTPStatus
 
 HF_ERRORS = {
     "invalid": (401, "Invalid credentials in Authorization header"),
@@ -76,7 +79,13 @@ async def _send_json(send, status: int, payload, headers=()) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+_ANY_STATUS = re.compile(r"status([45]\d\d)")
+
+
 def _failure_for(token: str):
+    if found := _ANY_STATUS.search(token):
+        status = int(found.group(1))
+        return status, next((known.phrase for known in HTTPStatus if known.value == status), "Error")
     return next((HF_ERRORS[marker] for marker in HF_ERRORS if marker in token), None)
 
 

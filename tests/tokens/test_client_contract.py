@@ -7,11 +7,13 @@ the project's environment, so they speak through httpx; nothing else differs.
 
 import sys
 import time
+import uuid
 
 import httpx
 import pytest
 
 from accounts.roles import Role
+from tests.conftest import free_port
 from tokens.models import HFToken, Lease, Outcome
 from tokens.policy import Status
 
@@ -250,3 +252,116 @@ def test_helper_report_with_a_wrong_key_is_not_accepted_and_changes_nothing(prox
     assert accepted is False
     hf.refresh_from_db()
     assert (hf.status, hf.error_count, hf.active_leases) == (Status.ACTIVE, 0, 1)
+
+
+# --- Today's clients: the error as each one words it, reported as it is -----------------------------
+# The helper classifies only huggingface_hub < 1.0's wording; with today's clients it mostly sends no
+# error_type, and the server must read the HTTP status from the text itself. Each error below is raised by
+# the installed client against the stand-in upstream, whose token picks the failure.
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def _with_huggingface_hub(upstream: str, token: str, **options) -> None:
+    from huggingface_hub import InferenceClient
+
+    InferenceClient(base_url=f"{upstream}/v1", api_key=token, **options).chat.completions.create(
+        model="standin/echo", messages=MESSAGES
+    )
+
+
+def _with_openai(upstream: str, token: str, **options) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{upstream}/v1", api_key=token, max_retries=0, **options)
+    client.chat.completions.create(model="standin/echo", messages=MESSAGES)
+
+
+def _with_httpx(upstream: str, token: str) -> None:
+    body = {"model": "standin/echo", "messages": MESSAGES}
+    httpx.post(f"{upstream}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}).raise_for_status()
+
+
+def _with_requests(upstream: str, token: str) -> None:
+    requests = pytest.importorskip("requests")  # huggingface_hub < 1.0's HTTP library; not a dependency of ours
+    body = {"model": "standin/echo", "messages": MESSAGES}
+    requests.post(f"{upstream}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10).raise_for_status()
+
+
+CLIENTS = {"huggingface_hub": _with_huggingface_hub, "openai": _with_openai, "httpx": _with_httpx, "requests": _with_requests}
+
+
+def error_raised_by(call, *args, **kwargs) -> str:
+    """str() of what the client raised, as the helper's users report it."""
+    with pytest.raises(Exception) as raised:  # noqa: B017 — each client has its own exception classes
+        call(*args, **kwargs)
+    return str(raised.value)
+
+
+def report_error_of_a_leased_token(proxy: str, api_key: str, call, *args, **kwargs) -> tuple[str, str]:
+    """Lease the token, call the client with it, report str(error) as the helper does: (token_id, error)."""
+    token, token_id = get_proxy_token(proxy, api_key)
+    error = error_raised_by(call, *args, token, **kwargs)
+    assert report_token_status(token_id, status="error", error=error, api_key=api_key) is True
+    return token_id, error
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize(
+    ("kind", "error_type", "status"),
+    [
+        ("invalid", "invalid_credentials", Status.INVALID),  # 401
+        ("credits", "credits_exceeded", Status.QUARANTINED),  # 402 with the monthly-credits sentence
+        ("status402", "credits_exceeded", Status.QUARANTINED),  # 402 without it: still payment trouble
+        ("ratelimit", "rate_limited", Status.COOLING),  # 429
+        ("error500", "server_error", Status.ACTIVE),  # one 5xx is the path's fault: the breaker counts it
+        ("status503", "server_error", Status.ACTIVE),
+        ("status404", "unknown", Status.ACTIVE),  # the request's own fault, not the token's
+    ],
+)
+def test_todays_clients_errors_are_classified_by_their_http_status(
+    proxy, api_key, organization, make_token, standin_url, client, kind, error_type, status
+):
+    hf = make_token(organization, secret=f"hf_standin_{kind}_{uuid.uuid4().hex}")
+
+    token_id, error = report_error_of_a_leased_token(proxy, api_key, CLIENTS[client], standin_url)
+
+    assert token_id == str(hf.pk)
+    lease = Lease.objects.get(token=hf)
+    assert (lease.outcome, lease.error_type) == (Outcome.ERROR, error_type), error
+    hf.refresh_from_db()
+    assert (hf.status, hf.last_error_type, hf.active_leases) == (status, error_type, 0), error
+
+
+@pytest.mark.parametrize("client", ["huggingface_hub", "openai"])
+def test_todays_clients_timeouts_and_refused_connections_are_classified(
+    proxy, api_key, organization, make_token, standin_url, client
+):
+    slow = make_token(organization, secret=f"hf_standin_slow_{uuid.uuid4().hex}")  # answers after 1 s
+    report_error_of_a_leased_token(proxy, api_key, CLIENTS[client], standin_url, timeout=0.3)
+    nowhere = make_token(organization, secret=f"hf_standin_ok_{uuid.uuid4().hex}")
+    report_error_of_a_leased_token(proxy, api_key, CLIENTS[client], f"http://127.0.0.1:{free_port()}")
+
+    assert Lease.objects.get(token=slow).error_type == "timeout"
+    assert Lease.objects.get(token=nowhere).error_type == "connection_error"
+    for token in (slow, nowhere):  # one transient error leaves a token in rotation
+        token.refresh_from_db()
+        assert (token.status, token.error_count) == (Status.ACTIVE, 1)
+
+
+def test_an_explicit_known_error_type_wins_over_the_wording(proxy, api_key, organization, make_token, standin_url):
+    hf = make_token(organization, secret=f"hf_standin_invalid_{uuid.uuid4().hex}")
+    token, token_id = get_proxy_token(proxy, api_key)
+    error = error_raised_by(_with_huggingface_hub, standin_url, token)  # a 401
+
+    response = httpx.post(
+        f"{proxy}{REPORT_PATH}",
+        json={"token_id": token_id, "status": "error", "error": error, "error_type": "rate_limited"},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=TIMEOUT_SECONDS,
+    )
+
+    assert response.status_code == 200
+    assert Lease.objects.get(token=hf).error_type == "rate_limited"
+    hf.refresh_from_db()
+    assert (hf.status, hf.last_error_type) == (Status.COOLING, "rate_limited")

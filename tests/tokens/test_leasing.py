@@ -526,7 +526,7 @@ def test_invalid_credentials_report_makes_the_token_invalid_for_good(organizatio
     [
         (INVALID_401, "invalid_credentials"),
         (CREDITS_402, "credits_exceeded"),
-        ("402 Client Error: Payment Required for url: https://router.huggingface.co/v1/x", "unknown"),
+        ("402 Client Error: Payment Required for url: https://router.huggingface.co/v1/x", "credits_exceeded"),
         (TIMEOUT, "timeout"),
         ("The read operation TIMED OUT", "timeout"),
         ("('connection aborted.', RemoteDisconnected('Remote end closed connection'))", "connection_error"),

@@ -34,7 +34,9 @@ def is_out_of_rotation(state: TokenState, at: datetime) -> bool:
     )
 
 
-# --- classify_error: hf_token_utils' rules, in its order -----------------------------------------
+# --- classify_error: the credits sentence, then the HTTP status in any wording, then the helper's words --
+# What each client really says is tested in tests/tokens/test_client_contract.py, raised by the clients
+# themselves; these cases pin the rules and their order.
 
 CREDITS_402 = (
     "402 Client Error: Payment Required for url: https://router.huggingface.co/v1/chat/completions "
@@ -48,15 +50,24 @@ CREDITS_402 = (
     [
         ("401 Client Error: Unauthorized for url: https://router.huggingface.co/v1/chat/completions", "invalid_credentials"),
         (CREDITS_402, "credits_exceeded"),
-        ("402 Client Error: Payment Required for url: https://router.huggingface.co/v1", "unknown"),
-        ("You have exceeded your monthly included credits for Inference Providers.", "unknown"),
+        # Hugging Face answers 402 only for missing credits or payment: every 402 is credits_exceeded.
+        ("402 Client Error: Payment Required for url: https://router.huggingface.co/v1", "credits_exceeded"),
+        ("You have exceeded your monthly included credits for Inference Providers.", "credits_exceeded"),
         ("HTTPSConnectionPool(host='router.huggingface.co', port=443): Read timed out. (read timeout=30)", "timeout"),
         ("ReadTimeout: The read operation TIMED OUT", "timeout"),
         ("httpx.ConnectTimeout", "timeout"),
         ("Failed to establish a new connection: [Errno 111] refused", "connection_error"),
+        ("[Errno 111] Connection refused", "connection_error"),
         ("429 Client Error: Too Many Requests for url: https://router.huggingface.co/v1", "rate_limited"),
         ("Rate limit reached. Please retry later.", "rate_limited"),
-        ("500 Server Error: Internal Server Error for url: https://router.huggingface.co/v1", "unknown"),
+        ("500 Server Error: Internal Server Error for url: https://router.huggingface.co/v1", "server_error"),
+        ("upstream said 503: Service Unavailable", "server_error"),
+        ("HTTP 429", "rate_limited"),
+        ("status code: 401", "invalid_credentials"),
+        ("404 Client Error: Not Found for url: https://router.huggingface.co/v1", "unknown"),
+        # Numbers that are not a status in any client's wording.
+        ("4010 tokens over the limit 401", "unknown"),
+        ("Request ID: Root=1-429abc", "unknown"),
         ("something odd happened", "unknown"),
         ("", "unknown"),
         (None, "unknown"),
@@ -69,17 +80,22 @@ def test_classify_error_names_the_kind_of_failure(error, expected):
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        # 401 is checked first, so a token refused during a slow call is still invalid.
+        # The status comes before the words: the client had an answer, whatever else the text says.
         ("401 Client Error: Unauthorized (read timeout=30, connection reset)", "invalid_credentials"),
+        ("429 Client Error while opening connection", "rate_limited"),
+        ("429 Client Error: upstream timeout", "rate_limited"),
+        ("Server error '504 Gateway Timeout' for url", "server_error"),
+        # The credits sentence comes before everything, the status included.
         (CREDITS_402 + " connection timed out", "credits_exceeded"),
+        ("Error code: 400 - You have exceeded your monthly included credits", "credits_exceeded"),
+        # A status that says nothing about the token leaves the words to decide.
+        ("Client error '408 Request Timeout' for url", "timeout"),
         # timeout before connection: "connection timed out" is a timeout.
         ("connection timed out", "timeout"),
-        # connection before rate limits.
-        ("429 Client Error while opening connection", "connection_error"),
-        ("429 Client Error: upstream timeout", "timeout"),
+        ("too many requests on this connection", "connection_error"),
     ],
 )
-def test_classify_error_applies_the_rules_in_the_helpers_order(error, expected):
+def test_classify_error_applies_its_rules_in_order(error, expected):
     assert classify_error(error) == expected
 
 
