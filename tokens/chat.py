@@ -67,7 +67,9 @@ def parse_chat_request(data) -> tuple[dict, str]:
     if problems := chat_request_problems(data):
         raise exceptions.ValidationError(problems)
     body = {key: value for key, value in data.items() if key != "pool"}
-    body["stream"] = data.get("stream", True)
+    # OpenAI's default: without "stream" the answer is one chat.completion (the openai SDK omits the field
+    # unless it streams). Sent explicitly, so an upstream with another default answers the same way.
+    body["stream"] = data.get("stream", False)
     try:
         chat_body_bytes(body)  # checked before a token is leased: upstream could only refuse it
     except ValueError:  # a number too large for JSON (1e999 reads as infinity), text that is not Unicode

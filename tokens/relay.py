@@ -1,7 +1,8 @@
 """The chat relay: one async engine behind the websocket and the OpenAI-compatible SSE endpoint.
 
 stream_chat() leases a token, streams `POST {HF_INFERENCE_BASE_URL}/chat/completions` with the process's
-shared httpx.AsyncClient, and yields events as upstream chunks arrive. Before the first chunk, a token
+shared httpx.AsyncClient, and yields events as upstream chunks arrive; a request with `"stream": false`
+(OpenAI's default) gets one Completed event with upstream's JSON instead. Before the first chunk, a token
 that fails (401, 402, 429, 5xx, timeout, connection) is reported with its error type, so the quarantine
 policy applies, and the next token is tried. After the first chunk a failure ends the stream with an
 error event. A consumer that stops early (client gone, cancel) closes the upstream stream at once and
@@ -222,7 +223,7 @@ def stream_chat(*, organization, user, api_key, pool: TokenPool, request: dict) 
                 if error_type is None:
                     raise _UpstreamFailure("validation", message, status, blame_token=False)
                 raise _UpstreamFailure(error_type, message)
-            if not request.get("stream", True):
+            if not request.get("stream"):
                 body = await response.aread()
                 completion = _json_object(body)
                 choice = (completion.get("choices") or [{}])[0] or {}

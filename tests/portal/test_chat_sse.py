@@ -19,8 +19,9 @@ import httpx
 import huggingface_hub
 import openai
 import pytest
-from huggingface_hub import InferenceClient
+from huggingface_hub import ChatCompletionOutput, InferenceClient
 from huggingface_hub.errors import HfHubHTTPError, TextGenerationError
+from openai.types.chat import ChatCompletion
 
 from tests.conftest import LIVE_MAX_CONCURRENT
 from tokens.standin import LINGER_SECONDS
@@ -220,6 +221,50 @@ def test_openai_sdk_streams(org):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected_reply(PROMPT, 5)
     assert chunks[-1].choices[0].finish_reason == "length"
     assert org.usage_when_settled()[token_id]["successes"] == 1
+
+
+# --- 2b: no "stream" means one JSON answer, as OpenAI's API, TGI and the HF router answer ---------------
+
+
+def test_a_request_without_stream_gets_one_chat_completion_as_json(org):
+    token_id = org.add_token()
+
+    response = org.post({"model": "standin/echo", "messages": MESSAGES, "max_tokens": 4})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    completion = response.json()
+    assert completion["object"] == "chat.completion"
+    message = completion["choices"][0]["message"]
+    assert (message["role"], message["content"]) == ("assistant", expected_reply(PROMPT, 4))
+    assert completion["choices"][0]["finish_reason"] == "length"
+    row = org.usage_when_settled()[token_id]
+    assert (row["leases"], row["successes"], row["open"]) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("sdk", ["openai", "huggingface_hub"])
+def test_sdks_without_stream_get_a_completion_object_after_a_failing_token_is_rotated_past(org, sdk):
+    bad = org.add_token("invalid")  # leased first: the stand-in answers it 401
+    good = org.add_token("ok")
+
+    if sdk == "openai":  # the SDK leaves "stream" out of the body unless it streams
+        client = openai.OpenAI(base_url=f"{org.url}/v1", api_key=org.user_key, max_retries=0)
+        completion = client.chat.completions.create(model="standin/echo", messages=MESSAGES, max_tokens=5)
+        assert isinstance(completion, ChatCompletion)
+    else:
+        completion = org.hf_client().chat.completions.create(model="standin/echo", messages=MESSAGES, max_tokens=5)
+        assert isinstance(completion, ChatCompletionOutput)
+    org.seen.append(str(completion))
+
+    assert completion.choices[0].message.content == expected_reply(PROMPT, 5)
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 5
+    bad_token = org.token(bad)
+    assert (bad_token["status"], bad_token["last_error_type"], bad_token["error_count"]) == ("invalid", "invalid_credentials", 1)
+    assert org.token(good)["success_count"] == 1
+    rows = org.usage_when_settled()
+    assert (rows[bad]["leases"], rows[bad]["errors"], nonzero(rows[bad]["errors_by_type"])) == (1, 1, {"invalid_credentials": 1})
+    assert (rows[good]["leases"], rows[good]["successes"], rows[good]["open"]) == (1, 1, 0)
 
 
 # --- 3: the wire format, and chunks arrive as they are made ---------------------------------------

@@ -19,7 +19,7 @@ HEARTBEAT = 1.0  # so shared counts go stale 3 s after their worker died
 
 def hold_stream(url: str, key: str, started: threading.Event) -> None:
     """A slow stream that is still running when its worker dies."""
-    body = {"model": "standin/slow-echo", "messages": [{"role": "user", "content": "a long story"}], "max_tokens": 100}
+    body = {"model": "standin/slow-echo", "messages": [{"role": "user", "content": "a long story"}], "max_tokens": 100, "stream": True}
     try:
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
             for line in response.iter_lines():

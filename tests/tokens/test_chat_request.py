@@ -8,11 +8,17 @@ from tokens.chat import load_json, parse_chat_request
 GOOD = {"model": "standin/echo", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def test_a_good_request_passes_on_every_field_but_the_pool_and_streams_by_default():
+def test_a_good_request_passes_on_every_field_but_the_pool_and_asks_for_one_answer_by_default():
     body, pool = parse_chat_request({**GOOD, "pool": "fast-lane", "seed": 7, "tools": [{"type": "function"}]})
 
     assert pool == "fast-lane"
-    assert body == {**GOOD, "seed": 7, "tools": [{"type": "function"}], "stream": True}
+    # OpenAI's default, sent upstream explicitly: no "stream" means one chat.completion.
+    assert body == {**GOOD, "seed": 7, "tools": [{"type": "function"}], "stream": False}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_explicit_stream_is_passed_on(stream):
+    assert parse_chat_request({**GOOD, "stream": stream})[0]["stream"] is stream
 
 
 @pytest.mark.parametrize(
