@@ -9,14 +9,13 @@ It also joins its caller's access groups (portal.live.access_groups): when the s
 user is deactivated or loses the organization, the socket closes (4401/4403) and hears nothing more.
 """
 
-import json
-
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from rest_framework import exceptions
 
 from accounts.roles import Perm
 from portal import cache, live
 from portal.consumers import CLOSE_UNAUTHENTICATED, _close_code, _same_origin
+from portal.parsers import load_json
 from tokens.callers import ensure_caller_may, known_session_caller
 
 
@@ -77,8 +76,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None):
         """Pages only listen; a ping keeps proxies from closing an idle socket. Anything else is ignored."""
         try:
-            content = json.loads(text_data or bytes_data or b"")
-        except ValueError:
+            content = load_json(text_data or bytes_data or b"")
+        except exceptions.ValidationError:
             return
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": "pong"})

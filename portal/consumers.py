@@ -25,10 +25,11 @@ from rest_framework import exceptions
 from accounts.authentication import bearer_key_from_header
 from portal import cache, live
 from portal.errors import describe_api_exception, validation_message
+from portal.parsers import load_json
 from portal.rate_limit import RateLimited
 from tokens import relay
 from tokens.callers import Caller, caller_pool, count_request, known_caller, known_session_caller
-from tokens.chat import ensure_may_chat, load_json, parse_chat_request
+from tokens.chat import ensure_may_chat, parse_chat_request
 from tokens.limits import stream_permit
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ import re
 from rest_framework import exceptions
 
 from accounts.roles import Perm
-from portal.parsers import load_json  # noqa: F401  the chat socket reads its frames with it from here
 from tokens.callers import Caller, caller_pool, ensure_caller_may, known_caller
 from tokens.models import TokenPool
 

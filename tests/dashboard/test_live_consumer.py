@@ -133,3 +133,17 @@ async def test_a_deactivated_member_is_refused(organization, make_member):
     connected, code = await socket.connect()
 
     assert (connected, code) == (False, 4403)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_hostile_frame_is_ignored_and_the_socket_keeps_answering(organization, make_member):
+    membership, _ = await sync_to_async(make_member)(organization, Role.VIEWER)
+    socket = await dashboard_socket(membership.user)
+    await socket.connect()
+    try:
+        await socket.receive_json_from(TIMEOUT)  # live.hello
+        await socket.send_to(text_data="[" * 5000)  # Python's own parser gives up with a RecursionError
+        await socket.send_to(text_data='{"type": "ping"}')
+        assert await socket.receive_json_from(TIMEOUT) == {"type": "pong"}
+    finally:
+        await socket.disconnect()

@@ -3,7 +3,8 @@
 import pytest
 from rest_framework import exceptions
 
-from tokens.chat import load_json, parse_chat_request
+from portal.parsers import load_json
+from tokens.chat import parse_chat_request
 
 GOOD = {"model": "standin/echo", "messages": [{"role": "user", "content": "hi"}]}
 
