@@ -273,3 +273,16 @@ def test_screenshots_of_every_page(chromium, live_portal, org, tmp_path):
     finally:
         context.close()
     assert errors == []
+
+
+def test_logging_out_in_another_tab_stops_the_live_updates_of_this_one(page, org):
+    log_in(page, org.username)
+    wait_until_live(page)
+    other_tab = page.context.new_page()
+    other_tab.goto("/")
+    other_tab.get_by_role("button", name="Log out").click()
+    expect(other_tab.get_by_role("button", name="Log in")).to_be_visible()
+
+    # The first tab's socket is closed by the server for the session's sake and does not knock again.
+    expect(page.locator("body[data-live='off']")).to_have_count(1)
+    expect(page.locator("#live-status")).to_have_attribute("title", "Live updates: logged out: reload the page")

@@ -89,9 +89,12 @@
       document.dispatchEvent(new CustomEvent("portal:live", { detail: frame.events }));
       scheduleRefresh();
     };
-    socket.onclose = function () {
+    socket.onclose = function (e) {
       clearInterval(pinger);
       document.body.dataset.live = "off";
+      // Closed for the session's sake (logged out, deactivated, demoted): retrying cannot help.
+      if (e.code === 4401) { setStatus("off", "logged out: reload the page"); return; }
+      if (e.code === 4403) { setStatus("off", "no longer allowed: reload the page"); return; }
       setStatus("off", "disconnected, retrying");
       setTimeout(connect, retry);
       retry = Math.min(retry * 2, 15000);
