@@ -14,7 +14,8 @@ from rest_framework import exceptions
 
 from accounts.roles import Perm
 from portal import cache, live
-from portal.consumers import CLOSE_UNAUTHENTICATED, _close_code, _same_origin
+from portal.consumers import CLOSE_TRY_AGAIN, CLOSE_UNAUTHENTICATED, _close_code, _same_origin
+from portal.errors import DATABASE_DOWN
 from portal.parsers import load_json
 from tokens.callers import ensure_caller_may, known_session_caller
 
@@ -34,6 +35,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             caller = await self._current_caller()
         except exceptions.APIException as exc:
             return await self.close(code=_close_code(exc))
+        except DATABASE_DOWN:
+            return await self.close(code=CLOSE_TRY_AGAIN)
         self.organization_id = caller.organization.pk
         self.groups_joined = [
             live.group_name(self.organization_id),
@@ -48,10 +51,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "live.hello", "organization_id": self.organization_id})
 
     async def _current_caller(self):
-        caller = await known_session_caller(self.scope["session"].session_key)
+        caller = await known_session_caller(self.scope["session"].session_key, organization_id=self.organization_id)
         ensure_caller_may(caller, Perm.VIEW_DASHBOARD, "Your role does not allow the dashboard.")
-        if self.organization_id is not None and caller.organization.pk != self.organization_id:
-            raise exceptions.PermissionDenied("You work in another organization now.")
         return caller
 
     async def access_changed(self, message):
@@ -61,9 +62,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             if message.get("ended"):
                 raise exceptions.NotAuthenticated("Your session has ended; log in again.")
             await self._current_caller()
-        except exceptions.APIException as exc:
+        except (exceptions.APIException, *DATABASE_DOWN) as exc:  # what cannot be checked now fails closed
             await self._leave_groups()  # not one more event, even before the close is through
-            await self.close(code=_close_code(exc))
+            await self.close(code=_close_code(exc) if isinstance(exc, exceptions.APIException) else CLOSE_TRY_AGAIN)
 
     async def disconnect(self, code):
         await self._leave_groups()

@@ -24,7 +24,7 @@ from rest_framework import exceptions
 
 from accounts.authentication import bearer_key_from_header
 from portal import cache, live
-from portal.errors import describe_api_exception, validation_message
+from portal.errors import DATABASE_DOWN, database_unavailable, describe_api_exception, validation_message
 from portal.parsers import load_json
 from portal.rate_limit import RateLimited
 from tokens import relay
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_RATE_LIMITED = 4429
+CLOSE_TRY_AGAIN = 1013  # the database could not be asked: reconnect to be checked afresh
 MAX_ID_LENGTH = 100
 
 
@@ -49,6 +50,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.streams: dict[str, asyncio.Task] = {}
         self.access = live.AccessWatch(self._access_changed)
         self.closing = False
+        self.organization_id = None
         try:
             self.caller = await self._authenticate()
             await count_request(self.caller)
@@ -56,6 +58,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return await self.close(code=CLOSE_RATE_LIMITED)
         except exceptions.APIException as exc:
             return await self.close(code=_close_code(exc))
+        except DATABASE_DOWN:
+            return await self.close(code=CLOSE_TRY_AGAIN)
+        self.organization_id = self.caller.organization.pk
         await self.access.start(
             live.access_groups(
                 user_id=self.caller.user.pk, organization_id=self.caller.organization.pk,
@@ -84,7 +89,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.raw_key is not None:
             caller = await known_caller(self.raw_key)
         else:
-            caller = await known_session_caller(self.session_key)
+            caller = await known_session_caller(self.session_key, organization_id=self.organization_id)
         ensure_may_chat(caller)
         return caller
 
@@ -97,6 +102,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.caller = await self._current_caller()
         except exceptions.APIException as exc:
             await self._refuse(None, exc)
+        except DATABASE_DOWN as exc:  # a change that cannot be checked now: fail closed, the client reconnects
+            await self._refuse(None, database_unavailable(exc))
 
     async def _refuse(self, request_id, exc: exceptions.APIException) -> None:
         """The caller may no longer chat here: its running streams end (recorded cancelled), it hears why,
@@ -158,6 +165,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.caller = await self._current_caller()
         except exceptions.APIException as exc:
             return await self._refuse(request_id, exc)
+        except DATABASE_DOWN as exc:  # this request cannot be checked; the socket stays for the next one
+            payload, _ = describe_api_exception(database_unavailable(exc))
+            return await self._error(request_id, payload["error"], payload["error_type"])
+        if self.closing:  # refused while this request was being checked
+            return
         self.streams[request_id] = asyncio.create_task(self._stream(request_id, body, pool_name))
 
     async def _stream(self, request_id: str, body: dict, pool_name: str) -> None:
@@ -223,7 +235,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
 
 def _close_code(exc: exceptions.APIException) -> int:
-    return CLOSE_UNAUTHENTICATED if exc.status_code == 401 else CLOSE_FORBIDDEN
+    return {401: CLOSE_UNAUTHENTICATED, 403: CLOSE_FORBIDDEN}.get(exc.status_code, CLOSE_TRY_AGAIN)
 
 
 def _same_origin(headers: dict) -> bool:

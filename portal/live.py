@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections import defaultdict, deque
 
 from asgiref.sync import async_to_sync
@@ -132,6 +133,7 @@ def _sent(task) -> None:
 # --- Credentials of open sockets ---------------------------------------------------------------------
 
 ACCESS_JOIN_SECONDS = 1.0  # a socket that cannot join its groups in this time works without them
+ACCESS_BACKOFF_SECONDS = 5.0  # after a failed join, new sockets do not try for this long
 
 
 def access_groups(*, user_id: int, organization_id: int, api_key_id=None, session_key: str | None = None) -> list[str]:
@@ -171,13 +173,16 @@ class AccessWatch:
     message. If the layer cannot be reached the socket goes on without it; its check on every request is
     then what holds."""
 
+    _skip_until = 0.0  # shared by every socket of the process: a layer that just failed is left alone a while
+    _warned_at = -60.0
+
     def __init__(self, on_change):
         self.on_change = on_change
         self.layer, self.channel, self.groups, self.task = None, None, [], None
 
     async def start(self, groups: list[str]) -> None:
         layer = get_channel_layer()
-        if layer is None:
+        if layer is None or time.monotonic() < AccessWatch._skip_until:
             return
         try:
             async with asyncio.timeout(ACCESS_JOIN_SECONDS):
@@ -186,16 +191,27 @@ class AccessWatch:
                     await layer.group_add(group, self.channel)
                     self.groups.append(group)
         except Exception:
-            logger.warning("a socket could not join its access groups; it is checked on each request only", exc_info=True)
+            self._failed()
             await self.stop()
             return
         self.layer = layer
         self.task = asyncio.create_task(self._listen(layer))
 
+    @classmethod
+    def _failed(cls) -> None:
+        now = time.monotonic()
+        cls._skip_until = now + ACCESS_BACKOFF_SECONDS
+        if now - cls._warned_at >= 60:
+            cls._warned_at = now
+            logger.warning("channel layer unreachable: new sockets are checked on each request only for now")
+
     async def _listen(self, layer) -> None:
         while True:
             message = await layer.receive(self.channel)
-            await self.on_change(message)
+            try:
+                await self.on_change(message)
+            except Exception:  # the socket must keep hearing later changes whatever one of them did
+                logger.exception("a socket failed to act on a change of its credentials")
 
     async def stop(self) -> None:
         if self.task is not None and self.task is not asyncio.current_task():

@@ -97,17 +97,20 @@ def _caller_from_session(session_key: str) -> Caller:
 _caller_from_session_on_db = on_db_threads(_caller_from_session)
 
 
-async def known_session_caller(session_key: str | None) -> Caller:
-    """_caller_from_session, remembered like known_caller (logging out empties the memory; accounts.apps)."""
+async def known_session_caller(session_key: str | None, *, organization_id=None) -> Caller:
+    """_caller_from_session, remembered like known_caller (logging out empties the memory; accounts.apps).
+    With `organization_id` (a socket's, from its connect) a session that now acts in another organization
+    (its membership there ended, or it switched) is refused, never carried over to the other one."""
     if not session_key:
         raise exceptions.NotAuthenticated()
     cache_key = ("session", digest_api_key(session_key))
     caller = _recent_callers.get(cache_key)
-    if caller is not None:
-        return caller
-    read_at = cache.generation()
-    caller = await _caller_from_session_on_db(session_key)
-    _recent_callers.put(cache_key, caller, read_at)
+    if caller is None:
+        read_at = cache.generation()
+        caller = await _caller_from_session_on_db(session_key)
+        _recent_callers.put(cache_key, caller, read_at)
+    if organization_id is not None and caller.organization.pk != organization_id:
+        raise exceptions.PermissionDenied("You no longer work in this organization here; reload the page.")
     return caller
 
 

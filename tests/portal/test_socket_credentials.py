@@ -22,9 +22,9 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts import services as account_services
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Membership
 from accounts.roles import Role
-from portal import cache, live
+from portal import cache, consumers, live
 from portal.asgi import application
 from tests.portal.test_chat_websocket import (
     GOOD_SECRET,
@@ -268,3 +268,70 @@ async def test_the_dashboards_live_socket_closes_and_hears_nothing_more(organiza
         assert await socket.receive_nothing(0.3)
     finally:
         await socket.disconnect()
+
+
+# --- what the review found: a session that falls back to another organization, a database that blips --------
+
+
+@in_process
+async def test_a_session_deactivated_in_its_organization_is_not_carried_over_to_another(
+    standin, organization, make_organization, member, good_token, make_token
+):
+    """The session's membership ends while it belongs to a second organization: the socket closes, its
+    stream is cancelled, and nothing is ever served from the other organization's pool."""
+    membership, _ = member
+    other = await sync_to_async(make_organization)("beta")
+    await sync_to_async(make_token)(other, secret="hf_ws_good_token_0002_mnopqrstuvwx", label="beta token")
+    await sync_to_async(Membership.objects.create)(user=membership.user, organization=other, role=Role.USER)
+    _, cookie = await sync_to_async(logged_in)(membership.user)
+    async with chat_socket([(b"cookie", cookie), (b"origin", b"http://localhost")]) as socket:
+        await socket.send(request_frame("long", "tell me a long story", max_tokens=50, model="standin/slow-echo"))
+        assert (await socket.receive())["token_label"] == "good token"
+        await sync_to_async(account_services.user_deactivate)(membership=membership, actor=None)
+        frames, code = await frames_until_closed(socket.communicator)
+
+    assert code == 4403
+    assert [(f["type"], f.get("finish_reason") or f.get("error_type")) for f in frames if f["type"] != "chat.delta"] == [
+        ("chat.end", "cancelled"), ("chat.error", "permission_denied")
+    ]
+
+
+@in_process
+async def test_a_database_error_while_checking_a_request_is_a_clear_error_and_the_socket_stays(
+    standin, member, good_token, monkeypatch
+):
+    _, key = member
+    async with chat_socket(bearer(key)) as socket:
+        with monkeypatch.context() as patched:
+            patched.setattr(consumers, "known_caller", database_gone)
+            cache.forget_now()
+            refused = await socket.chat(request_frame("blip"))
+        assert [(frame["type"], frame["error_type"]) for frame in refused] == [("chat.error", "database_unavailable")]
+        await chats_fine(socket, "after")
+
+
+@in_process
+async def test_a_change_that_cannot_be_checked_closes_the_socket_and_leaves_its_groups(
+    standin, member, good_token, monkeypatch
+):
+    membership, key = member
+    watches = []
+
+    class RememberedWatch(live.AccessWatch):
+        def __init__(self, on_change):
+            super().__init__(on_change)
+            watches.append(self)
+
+    monkeypatch.setattr(live, "AccessWatch", RememberedWatch)
+    async with chat_socket(bearer(key)) as socket:
+        monkeypatch.setattr(consumers, "known_caller", database_gone)
+        await sync_to_async(account_services.user_update)(membership=membership, full_name="Renamed", actor=None)
+        frames, code = await frames_until_closed(socket.communicator)
+    assert [(frame["type"], frame["error_type"]) for frame in frames] == [("chat.error", "database_unavailable")]
+    assert code == 1013  # try again later: reconnecting checks the caller afresh
+    (watch,) = watches
+    assert watch.groups == [] and watch.task.done()
+
+
+async def database_gone(raw_key):
+    raise OperationalError("server closed the connection unexpectedly")
