@@ -1,4 +1,4 @@
-"""Roles and what each may do: the single source for permissions and the README matrix."""
+"""Roles and what each may do: the single source for permissions and docs/api.md's matrix."""
 
 from django.db import models
 

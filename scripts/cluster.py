@@ -8,7 +8,7 @@ Usage: python scripts/cluster.py [--workers N] [--port PORT] [--standin]
 Starts a throwaway PostgreSQL and Redis (scripts/with_services.py), migrates and bootstraps the
 database, runs N daphne workers on free loopback ports with the same SECRET_KEY and
 PORTAL_ENCRYPTION_KEY, writes an nginx config into the throwaway dir (nginx.conf there is the template
-the README's Deployment section refers to) and runs Debian's nginx in the foreground in front of them.
+docs/operations.md's deployment section refers to) and runs Debian's nginx in the foreground in front of them.
 Prints the URL and the admin's credentials, then waits; Ctrl-C or SIGTERM stops everything and deletes
 the dir. --standin also serves the project's stand-in Hugging Face and puts four stand-in tokens in the
 default pool, like `make demo`.

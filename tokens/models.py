@@ -26,7 +26,7 @@ class TokenPool(models.Model):
     description = models.CharField(max_length=200, blank=True)
     strategy = models.CharField(max_length=32, choices=Strategy.choices, default=Strategy.LEAST_RECENTLY_LEASED)
     lease_ttl_seconds = models.PositiveIntegerField(default=600, validators=[MinValueValidator(1)])
-    # Quarantine policy (see tokens.policy.QuarantinePolicy and the README table).
+    # Quarantine policy (see tokens.policy.QuarantinePolicy and the table in docs/quarantine.md).
     credits_stages_seconds = models.JSONField(default=default_credits_stages)
     rate_limit_base_seconds = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
     rate_limit_max_seconds = models.PositiveIntegerField(default=900, validators=[MinValueValidator(1)])

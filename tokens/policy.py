@@ -97,7 +97,7 @@ def classify_error(error: str | None) -> str:
 
 @dataclass(frozen=True)
 class QuarantinePolicy:
-    """Per-pool settings; the defaults are the README's quarantine table."""
+    """Per-pool settings; the defaults are docs/quarantine.md's table."""
 
     credits_stages_seconds: tuple[int, ...] = (3600, 6 * 3600, 24 * 3600)
     rate_limit_base_seconds: int = 60

@@ -1,4 +1,4 @@
-"""The admin users API: create (the README's seed call), change, deactivate, reactivate, and bad input."""
+"""The admin users API: create (the seed call in docs/api.md), change, deactivate, reactivate, and bad input."""
 
 import json
 

@@ -3,7 +3,7 @@ the stand-in Hugging Face (the live_portal fixture).
 
 Skipped, with the reason, where /usr/bin/chromium or the playwright package is missing (`.ci/run` installs
 Chromium with apt; Playwright cannot download its own browser here). With PORTAL_SCREENSHOTS=<dir> set,
-test_screenshots_of_every_page saves a picture of each page there (docs/screenshots/ in the README).
+test_screenshots_of_every_page saves a picture of each page there (docs/screenshots/, shown in docs/dashboard.md).
 """
 
 import os

@@ -10,7 +10,7 @@ from tests.dashboard.conftest import ROLES
 
 SUPERUSER = "superuser"
 
-# page -> the roles that may open it (the Perm matrix: README "Roles").
+# page -> the roles that may open it (the Perm matrix: docs/api.md "Roles").
 PAGES = {
     "/": set(ROLES),
     "/tokens/": set(ROLES),
