@@ -1,5 +1,6 @@
 """The README is the front door and docs/ holds the rest: the parts generated from code must match the code."""
 
+import re
 from pathlib import Path
 
 from accounts.roles import PERMISSION_DESCRIPTIONS, ROLE_PERMISSIONS, Role
@@ -20,3 +21,13 @@ def test_readme_quick_start_is_the_two_commands():
     quick_start = README.split("## Quick start", 1)[1].split("##", 1)[0]
     assert "make run" in quick_start and "make test" in quick_start
 
+
+def test_readme_stays_a_front_door():
+    assert len(README.splitlines()) <= 250
+
+
+def test_readme_links_into_docs_resolve():
+    targets = re.findall(r"\]\((docs/[^)#\s]+)", README)
+    assert any(target.endswith(".md") for target in targets)
+    for target in targets:
+        assert (ROOT / target).is_file(), f"README links to {target}, which does not exist"
