@@ -30,8 +30,13 @@ class ErrorType:
     CONNECTION_ERROR = "connection_error"
     SERVER_ERROR = "server_error"
     UNKNOWN = "unknown"
+    # The request's own fault (an upstream 4xx other than 401, 402 and 429: a bad body, an unknown model):
+    # recorded, but the token is not blamed.
+    VALIDATION = "validation"
 
-    ALL = (INVALID_CREDENTIALS, CREDITS_EXCEEDED, RATE_LIMITED, TIMEOUT, CONNECTION_ERROR, SERVER_ERROR, UNKNOWN)
+    ALL = (
+        INVALID_CREDENTIALS, CREDITS_EXCEEDED, RATE_LIMITED, TIMEOUT, CONNECTION_ERROR, SERVER_ERROR, UNKNOWN, VALIDATION
+    )
     # Faults of the path, not of the token: only a run of them trips the breaker.
     TRANSIENT = frozenset({TIMEOUT, CONNECTION_ERROR, SERVER_ERROR, UNKNOWN})
 
@@ -46,6 +51,8 @@ def error_type_for_status(status: int) -> str | None:
         return ErrorType.CREDITS_EXCEEDED
     if status == 429:
         return ErrorType.RATE_LIMITED
+    if status == 408:  # the server gave up waiting: the path's trouble, as a timeout
+        return ErrorType.TIMEOUT
     if status >= 500:
         return ErrorType.SERVER_ERROR
     return None
@@ -75,7 +82,8 @@ def status_in_error(error: str) -> int | None:
 def classify_error(error: str | None) -> str:
     """The kind of a failure a client reported as text (hf_token_utils sends no error_type for today's
     huggingface_hub wording). First the router's credits sentence, whatever precedes it; then the HTTP status
-    in any client's wording, read as the relay reads upstream statuses (error_type_for_status); then
+    in any client's wording, read as the relay reads upstream statuses (error_type_for_status, and a 4xx it
+    does not blame on the token is `validation`); then
     hf_token_utils' words for failures without a status (timeout, connection) and rate-limit words.
     Anything else is unknown."""
     text = error or ""
@@ -83,8 +91,9 @@ def classify_error(error: str | None) -> str:
     if CREDITS_SENTENCE in lowered:
         return ErrorType.CREDITS_EXCEEDED
     status = status_in_error(text)
-    if status is not None and (kind := error_type_for_status(status)):
-        return kind
+    if status is not None and status >= 400:
+        # A 4xx the relay would not blame on the token is the request's fault here too, whatever words follow.
+        return error_type_for_status(status) or ErrorType.VALIDATION
     if "timeout" in lowered or "timed out" in lowered:
         return ErrorType.TIMEOUT
     # Any case: httpx says "Connection refused", the openai SDK "Connection error."

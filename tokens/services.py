@@ -594,6 +594,8 @@ def report_outcome(
         error_type = None
     elif blame_token and error_type not in ErrorType.ALL:
         error_type = classify_error(error)
+    if error_type == ErrorType.VALIDATION:  # the request's own fault, as the relay records it
+        blame_token = False
     with write_transaction():
         token = first_row(  # lock the token only, never its pool
             HFToken, "organization_id = %s AND id = %s", [organization.pk, token_id], lock=lock_rows_of(HFToken)

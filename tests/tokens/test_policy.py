@@ -64,7 +64,9 @@ CREDITS_402 = (
         ("upstream said 503: Service Unavailable", "server_error"),
         ("HTTP 429", "rate_limited"),
         ("status code: 401", "invalid_credentials"),
-        ("404 Client Error: Not Found for url: https://router.huggingface.co/v1", "unknown"),
+        # A 4xx the relay would not blame on the token: the request's own fault.
+        ("404 Client Error: Not Found for url: https://router.huggingface.co/v1", "validation"),
+        ("Client error '422 Unprocessable Entity' for url 'http://x/v1/chat/completions'", "validation"),
         # Numbers that are not a status in any client's wording.
         ("4010 tokens over the limit 401", "unknown"),
         ("Request ID: Root=1-429abc", "unknown"),
@@ -88,7 +90,9 @@ def test_classify_error_names_the_kind_of_failure(error, expected):
         # The credits sentence comes before everything, the status included.
         (CREDITS_402 + " connection timed out", "credits_exceeded"),
         ("Error code: 400 - You have exceeded your monthly included credits", "credits_exceeded"),
-        # A status that says nothing about the token leaves the words to decide.
+        # A status the relay does not blame on the token wins over words that would.
+        ("Error code: 400 - {'error': 'rate limit of the prompt template exceeded'}", "validation"),
+        ("Client error '422 Unprocessable Entity': connection field missing", "validation"),
         ("Client error '408 Request Timeout' for url", "timeout"),
         # timeout before connection: "connection timed out" is a timeout.
         ("connection timed out", "timeout"),
