@@ -6,19 +6,21 @@ error_type); the handler turns every one of them into that shape. Plain Django
 """
 
 import logging
+from http import HTTPStatus
 
 from django import db
+from django.core.exceptions import BadRequest, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
+from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.defaults import bad_request, page_not_found, permission_denied, server_error
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
 
-API_PATH_PREFIXES = ("/admin/", "/keys/", "/me", "/v1/", "/api/", "/proxy/")
+API_PATH_PREFIXES = ("/admin/", "/keys/", "/me", "/v1/", "/api/", "/proxy/", "/healthz", "/readyz", "/metrics")
 
 
 class PortalError(exceptions.APIException):
@@ -160,16 +162,35 @@ def is_api_path(path: str) -> bool:
     return path.startswith(API_PATH_PREFIXES)
 
 
+def _page(view, request, exception, status_code: int):
+    """Django's page for the status. Those pages take a CSRF token, and on a POST the token check reads the
+    body again: a body Django refused (a form not in UTF-8) would raise again and become a bare 500."""
+    try:
+        return view(request) if view is server_error else view(request, exception)
+    except BadRequest:
+        title = f"{status_code} {HTTPStatus(status_code).phrase}"
+        return HttpResponse(f"<h1>{title}</h1><p>The request could not be read.</p>", status=status_code)
+
+
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: API callers get the one error shape, never Django's HTML page. Programs send
+    their key as a Bearer header and are not asked for a CSRF token where a view takes one (DRF, the
+    proxy); this answers what a cookie-carrying POST to any other API path gets."""
+    if is_api_path(request.path):
+        return error_response(f"CSRF check failed: {reason}", "permission_denied", 403)
+    return django_csrf_failure(request, reason)
+
+
 def handler400(request, exception=None):
     if isinstance(exception, RequestDataTooBig):  # a body over DATA_UPLOAD_MAX_MEMORY_SIZE
         if is_api_path(request.path):
             return error_response("Request body too large.", "payload_too_large", 413)
-        response = bad_request(request, exception)
+        response = _page(bad_request, request, exception, 413)
         response.status_code = 413
         return response
     if is_api_path(request.path):
         return error_response("Bad request.", "bad_request", 400)
-    return bad_request(request, exception)
+    return _page(bad_request, request, exception, 400)
 
 
 def handler403(request, exception=None):
@@ -181,10 +202,10 @@ def handler403(request, exception=None):
 def handler404(request, exception=None):
     if is_api_path(request.path):
         return error_response("Not found.", "not_found", 404)
-    return page_not_found(request, exception)
+    return _page(page_not_found, request, exception, 404)
 
 
 def handler500(request):
     if is_api_path(request.path):
         return error_response("Internal server error.", "server_error", 500)
-    return server_error(request)
+    return _page(server_error, request, None, 500)

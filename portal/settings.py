@@ -43,6 +43,7 @@ SECRET_KEY = os.environ.get("SECRET_KEY") or load_or_create_secret_key()
 DEBUG = env_bool("DEBUG")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+CSRF_FAILURE_VIEW = "portal.errors.csrf_failure"  # JSON on API paths
 
 INSTALLED_APPS = [
     "daphne",

@@ -159,3 +159,53 @@ def test_json_nested_too_deep_is_a_400_on_every_drf_operation(organization, make
 
     refusal = (400, "application/json", "validation", "The body is nested deeper than 128 levels.")
     assert set(answers.values()) == {refusal}, answers
+
+
+# --- forms Django cannot read, and CSRF refusals on API paths ------------------------------------------------
+
+
+async def _browser_with_csrf():
+    """An ASGI client (real request path through the middleware) holding a CSRF cookie and its form token."""
+    import re
+
+    import httpx
+
+    from portal.asgi import application
+
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://localhost")
+    page = await client.get("/login/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    return client, token
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("path", "status"), [("/login/", 400), ("/django-admin/login/", 400), ("/nowhere/", 404)])
+@pytest.mark.parametrize("charset", ["utf-16", "utf-32", "cp037"])
+async def test_a_form_in_another_charset_is_a_4xx_page_never_a_bare_500(organization, path, status, charset):
+    """Django refuses a form body that is not UTF-8; its error pages then read the body again for their CSRF
+    token and raised once more, which ended in daphne's bare 500."""
+    client, token = await _browser_with_csrf()
+    try:
+        response = await client.post(
+            path,
+            content=f"username=a&password=b&csrfmiddlewaretoken={token}".encode(charset),
+            headers={"content-type": f"application/x-www-form-urlencoded; charset={charset}",
+                     "referer": "http://localhost/login/"},
+        )
+    finally:
+        await client.aclose()
+    assert response.status_code == status, response.text[:300]
+    assert response.headers["x-content-type-options"] == "nosniff"  # answered through the middleware
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["/v1/models", "/healthz", "/metrics"])
+async def test_a_csrf_refusal_on_an_api_path_is_the_json_error_shape(organization, path):
+    client, _ = await _browser_with_csrf()  # a session-less browser that holds a CSRF cookie
+    try:
+        response = await client.post(path, json={})
+    finally:
+        await client.aclose()
+    assert response.status_code == 403
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error_type"] == "permission_denied"
