@@ -7,10 +7,12 @@ class AccountsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from django.contrib.auth.signals import user_logged_out
+        from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+        from django.core import checks
         from django.db.models.signals import post_delete, post_save
 
         from accounts import schema  # noqa: F401  registers the OpenAPI auth scheme
+        from accounts.login_throttle import check_backend_first, clear_failures_on_login, count_failed_login
         from accounts.models import ApiKey, Membership, Organization, User
         from portal.cache import forget_everything
         from tokens.models import TokenPool
@@ -25,6 +27,11 @@ class AccountsConfig(AppConfig):
             post_delete.connect(announce_access_change, sender=model, dispatch_uid=f"access-del-{model.__name__}")
         user_logged_out.connect(announce_logout, dispatch_uid="access-logout")
         user_logged_out.connect(forget_everything, dispatch_uid="forget-logout")
+
+        # Every login, whatever its form or view, is counted by the throttle (accounts.login_throttle).
+        user_login_failed.connect(count_failed_login, dispatch_uid="login-throttle-failure")
+        user_logged_in.connect(clear_failures_on_login, dispatch_uid="login-throttle-success")
+        checks.register(check_backend_first)
 
 
 def announce_access_change(sender, instance, **kwargs) -> None:

@@ -20,9 +20,10 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors as account_selectors
 from accounts import services as account_services
+from accounts.login_throttle import client_address, login_locked_for
 from accounts.permissions import SESSION_ORGANIZATION_KEY
 from accounts.roles import SUPERUSER_PERMISSION, Perm, Role
-from dashboard import forms, login_throttle
+from dashboard import forms
 from dashboard import selectors as dashboard_selectors
 from dashboard.access import SERVICE_ERRORS, audit_of, dashboard_view, error_text
 from tokens import relay
@@ -63,14 +64,15 @@ def no_store(response):
 
 
 class LoginView(auth_views.LoginView):
-    """Django's login, refused for a while after too many failures (dashboard.login_throttle)."""
+    """Django's login. The throttle (accounts.login_throttle) counts and refuses every login, this one
+    included; this page only says so plainly: 429 with the wait, instead of the form's usual error."""
 
     template_name = "dashboard/login.html"
     redirect_authenticated_user = True
 
     def post(self, request, *args, **kwargs):
         username = request.POST.get("username", "")
-        wait = login_throttle.login_locked_for(username=username, ip=request.META.get("REMOTE_ADDR", ""))
+        wait = login_locked_for(username=username, ip=client_address(request))
         if wait:
             # An unbound form: binding it would check the password, which a locked login must not do.
             form = self.get_form_class()(request, initial={"username": username[:150]})
@@ -79,17 +81,6 @@ class LoginView(auth_views.LoginView):
             response["Retry-After"] = str(wait)
             return response
         return super().post(request, *args, **kwargs)
-
-    def form_valid(self, form):
-        login_throttle.login_success_record(username=form.cleaned_data.get("username") or "")
-        return super().form_valid(form)
-
-    def form_invalid(self, form):
-        if form.non_field_errors():  # a wrong password or an inactive account, not a field left empty
-            login_throttle.login_failure_record(
-                username=self.request.POST.get("username", ""), ip=self.request.META.get("REMOTE_ADDR", "")
-            )
-        return super().form_invalid(form)
 
 
 def front(request):

@@ -182,6 +182,12 @@ else:
 
 # --- Auth ---------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
+# The login throttle first: it refuses a locked login before any backend checks a password, on every login
+# path (the dashboard, Django's admin, any authenticate() call). ModelBackend then checks the password.
+AUTHENTICATION_BACKENDS = [
+    "accounts.login_throttle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
@@ -250,8 +256,9 @@ PORTAL_KEY_RATE_LIMIT_PER_MINUTE = int(os.environ.get("PORTAL_KEY_RATE_LIMIT_PER
 PORTAL_MEMBER_RATE_LIMIT_PER_MINUTE = (
     int(os.environ["PORTAL_MEMBER_RATE_LIMIT_PER_MINUTE"]) if os.environ.get("PORTAL_MEMBER_RATE_LIMIT_PER_MINUTE") else None
 )
-# Dashboard logins: after this many failures for one username (or PORTAL_LOGIN_MAX_FAILURES_PER_IP from one
-# address) within PORTAL_LOGIN_LOCKOUT_SECONDS, further attempts are refused until that window has passed.
+# Logins (the dashboard's, Django admin's, any authenticate() call; accounts.login_throttle): after this many
+# failures for one username (or PORTAL_LOGIN_MAX_FAILURES_PER_IP from one address) within
+# PORTAL_LOGIN_LOCKOUT_SECONDS, further attempts are refused until that window has passed.
 PORTAL_LOGIN_MAX_FAILURES = int(os.environ.get("PORTAL_LOGIN_MAX_FAILURES", "5"))
 PORTAL_LOGIN_MAX_FAILURES_PER_IP = int(os.environ.get("PORTAL_LOGIN_MAX_FAILURES_PER_IP", "30"))
 PORTAL_LOGIN_LOCKOUT_SECONDS = int(os.environ.get("PORTAL_LOGIN_LOCKOUT_SECONDS", "900"))

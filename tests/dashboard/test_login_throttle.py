@@ -39,7 +39,7 @@ def test_after_too_many_failures_even_the_right_password_is_refused_with_a_clear
 
 
 def test_the_lock_ends_with_its_window(small_limits, member, settings, monkeypatch):
-    from dashboard import login_throttle
+    from accounts import login_throttle
 
     for _ in range(3):
         login(member.username, "wrong")
