@@ -13,8 +13,9 @@ import httpx
 from tests.conftest import new_organization_admin_key, prepared_portal_env, start_portal_worker, stop_portal_workers
 
 ADMIN_KEY = "pk_crash_test_admin_key_0123456789abcdefgh"
-LEASE_TTL = 8  # long enough for the replacement worker to start before the leases expire
+LEASE_TTL = 8  # the dead worker's leases hold the pool this long; the test waits it out
 HEARTBEAT = 1.0  # so shared counts go stale 3 s after their worker died
+PATIENCE_SECONDS = 60  # the longest the streams may take to start: only against a hang
 
 
 def hold_stream(url: str, key: str, started: threading.Event) -> None:
@@ -37,7 +38,9 @@ def test_a_worker_killed_mid_stream_leaves_nothing_stuck(standin_url, tmp_path):
         PORTAL_STREAM_HEARTBEAT_SECONDS=str(HEARTBEAT),
     )
     worker = start_portal_worker(env, tmp_path / "worker-a.log")
-    replacement = None
+    # Started before A dies, so that no worker start (seconds on a busy machine) comes between the kill and
+    # the question whether the dead worker's leases still hold.
+    replacement = start_portal_worker(env, tmp_path / "worker-b.log")
     try:
         key = new_organization_admin_key(worker.url, ADMIN_KEY, "crash")
         org = httpx.Client(base_url=worker.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
@@ -46,20 +49,22 @@ def test_a_worker_killed_mid_stream_leaves_nothing_stuck(standin_url, tmp_path):
 
         started = [threading.Event(), threading.Event()]
         streams = [threading.Thread(target=hold_stream, args=(worker.url, key, event), daemon=True) for event in started]
-        for thread in streams:
+        leased_after = time.monotonic()  # the streams' leases are granted after this, so they hold until
+        for thread in streams:  # leased_after + LEASE_TTL at the earliest
             thread.start()
-        assert all(event.wait(10) for event in started), "both streams were relaying when the worker died"
+        assert all(event.wait(PATIENCE_SECONDS) for event in started), "both streams were relaying when the worker died"
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
         killed_at = time.monotonic()
 
-        replacement = start_portal_worker(env, tmp_path / "worker-b.log")
         org = httpx.Client(base_url=replacement.url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
         chat = {"model": "standin/echo", "messages": [{"role": "user", "content": "hello again"}], "max_tokens": 2}
 
         # The dead worker's leases still hold both tokens, and the answer says when one comes back …
         first = org.post("/v1/chat/completions", json={**chat, "stream": False})
-        if time.monotonic() - killed_at < LEASE_TTL - 0.5:
+        # … if that answer came before they can have expired. (Counting the TTL from the kill with 0.5 s to
+        # spare assumed they were granted at most 0.5 s before it, and a worker start came in between.)
+        if time.monotonic() - leased_after < LEASE_TTL:
             if os.environ.get("REDIS_URL"):
                 # … or its two streams still count against this key's limit of 2, until they go stale.
                 assert first.status_code in (429, 503), first.text
