@@ -27,6 +27,19 @@ CREDITS_402 = (
     "Subscribe to PRO to get 20x more monthly included credits."
 )
 CLIENTS = 64
+# The longest a test waits for something that should happen (a lease, an event, a freed place): only what
+# never happens comes near it, however busy the machine is.
+PATIENCE_SECONDS = 60
+
+
+def until(condition, timeout: float = PATIENCE_SECONDS) -> bool:
+    """Poll condition() until it holds or the time is up; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def bearer(base_url: str, key: str) -> httpx.Client:
@@ -105,11 +118,17 @@ def test_token_reported_402_to_worker_a_is_never_leased_by_worker_b_afterwards(c
 
         with ThreadPoolExecutor(max_workers=2) as pool:
             running = [pool.submit(keep_leasing, b, "worker B"), pool.submit(keep_leasing, front, "nginx")]
-            time.sleep(0.5)
+
+            def leasing_until(enough) -> None:  # or until one of them stopped on a failed assert
+                until(lambda: enough() or any(future.done() for future in running))
+
+            # A hears the 402 once both are leasing, and they go on until ten leases have started after it,
+            # however long that takes: fixed sleeps (0.5 s, then 1.5 s) assumed a machine fast enough.
+            leasing_until(lambda: {via for _, _, via in leases} == {"worker B", "nginx"})
             answer = report(a, doomed, error=CREDITS_402)
             reported_at = time.monotonic()
             assert answer.json()["token_status"] == "quarantined"
-            time.sleep(1.5)
+            leasing_until(lambda: sum(1 for started, _, _ in leases if started > reported_at) >= 10)
             stop.set()
             for future in running:
                 future.result()
@@ -191,7 +210,7 @@ def test_per_key_and_per_organization_stream_limits_hold_across_workers(cluster,
 
         # A stream ending on A frees its place for B.
         streams[0].close()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + PATIENCE_SECONDS
         while True:
             again = open_stream(worker_b, keys[2], streams)
             if again.status == 200 or time.monotonic() > deadline:
@@ -225,7 +244,7 @@ def open_dashboard(base_url: str, cookie: str):
         yield socket
 
 
-def events_until(socket, wanted, timeout: float = 10.0) -> list[dict]:
+def events_until(socket, wanted, timeout: float = PATIENCE_SECONDS) -> list[dict]:
     """Collect live events until wanted(events) holds or the time is up."""
     events: list[dict] = []
     deadline = time.monotonic() + timeout
