@@ -65,6 +65,9 @@ _STATUS_IN_TEXT = re.compile(
     r"|(?<![\w.])(\d{3}) (?:client|server) error\b"  # requests' raise_for_status, so huggingface_hub < 1.0
     r"|\berror code: (\d{3})\b"  # the openai SDK
     r"|\b(?:http|status(?: code)?)[ :=]+(\d{3})\b"  # "HTTP 429", "status code: 429"
+    # huggingface_hub's BadRequestError names no status: "Bad request:" (or "Bad request for commit endpoint:")
+    # then the server's message. The colon keeps out prose such as our own "Bad request."
+    r"|(?<![\w.])(?P<bad_request>bad request(?: for [\w.-]+ endpoint)?:)"
     # a bare status with its own reason phrase ("429 Too Many Requests", "401: Unauthorized")
     r"|(?<![\w.])("
     + "|".join(f"{status.value}(?=:? {re.escape(status.phrase)}\\b)" for status in HTTPStatus if status.value >= 400)
@@ -73,18 +76,41 @@ _STATUS_IN_TEXT = re.compile(
 )
 
 
+# The sentences that say the credentials were refused when no status is given: the router's 401 body
+# ("Invalid credentials in Authorization header"), huggingface_hub's whoami 401 ("Invalid user token."),
+# "invalid token". "invalid token" must end its phrase, so "invalid token_id" or "invalid tokens in the
+# prompt" are not read as a refused credential; "invalid_credentials" (an error_type, maybe about a portal
+# key) is not either.
+_INVALID_CREDENTIALS_IN_TEXT = re.compile(
+    r"(?<![\w-])invalid (?:credentials(?![\w-])"
+    r"|(?:(?:user|access|api|auth|bearer|hf) )?token(?=[ \t]*(?:[.,;:!)\]\"'\r\n]|$)))",
+    re.IGNORECASE,
+)
+
+
 def status_in_error(error: str) -> int | None:
     """The HTTP status a client's error message names, in any client's wording; None when it names none."""
     found = _STATUS_IN_TEXT.search(error)
-    return int(next(group for group in found.groups() if group)) if found else None
+    if not found:
+        return None
+    if found.group("bad_request"):
+        return HTTPStatus.BAD_REQUEST.value
+    return int(next(group for group in found.groups() if group))
 
 
 def classify_error(error: str | None) -> str:
     """The kind of a failure a client reported as text (hf_token_utils sends no error_type for today's
-    huggingface_hub wording). First the router's credits sentence, whatever precedes it; then the HTTP status
-    in any client's wording, read as the relay reads upstream statuses (error_type_for_status, and a 4xx it
-    does not blame on the token is `validation`); then
-    hf_token_utils' words for failures without a status (timeout, connection) and rate-limit words.
+    huggingface_hub wording). In this order:
+
+    1. the router's credits sentence, whatever precedes it: `credits_exceeded`;
+    2. the HTTP status in any client's wording (huggingface_hub's "Bad request:" counts as 400), read as
+       the relay reads upstream statuses (error_type_for_status; a 4xx it does not blame on the token is
+       `validation`);
+    3. a sentence refusing the credentials without a status ("Invalid credentials in Authorization
+       header", "Invalid user token.", "invalid token"): `invalid_credentials`;
+    4. hf_token_utils' words for failures without a status: timeout, then connection;
+    5. rate-limit words.
+
     Anything else is unknown."""
     text = error or ""
     lowered = text.lower()
@@ -94,6 +120,8 @@ def classify_error(error: str | None) -> str:
     if status is not None and status >= 400:
         # A 4xx the relay would not blame on the token is the request's fault here too, whatever words follow.
         return error_type_for_status(status) or ErrorType.VALIDATION
+    if _INVALID_CREDENTIALS_IN_TEXT.search(text):
+        return ErrorType.INVALID_CREDENTIALS
     if "timeout" in lowered or "timed out" in lowered:
         return ErrorType.TIMEOUT
     # Any case: httpx says "Connection refused", the openai SDK "Connection error."

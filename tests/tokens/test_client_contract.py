@@ -317,6 +317,7 @@ def report_error_of_a_leased_token(proxy: str, api_key: str, call, *args, **kwar
         ("error500", "server_error", Status.ACTIVE),  # one 5xx is the path's fault: the breaker counts it
         ("status503", "server_error", Status.ACTIVE),
         ("status404", "validation", Status.ACTIVE),  # the request's own fault, not the token's
+        ("status400", "validation", Status.ACTIVE),  # huggingface_hub words it "Bad request:", no status
     ],
 )
 def test_todays_clients_errors_are_classified_by_their_http_status(
@@ -334,6 +335,39 @@ def test_todays_clients_errors_are_classified_by_their_http_status(
         assert (hf.status, hf.last_error_type, hf.error_count, hf.active_leases) == (status, "", 0, 0), error
     else:
         assert (hf.status, hf.last_error_type, hf.active_leases) == (status, error_type, 0), error
+
+
+def _whoami_with_huggingface_hub(upstream: str, token: str) -> None:
+    """A client that checks the token first, as `huggingface_hub.whoami` users do."""
+    from huggingface_hub import HfApi
+
+    HfApi(endpoint=upstream).whoami(token=token)
+
+
+def _server_message_of_huggingface_hub(upstream: str, token: str) -> None:
+    """A client that reports the server's own message (HfHubHTTPError.server_message), not str(exc)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        _with_huggingface_hub(upstream, token)
+    except HfHubHTTPError as exc:
+        raise RuntimeError(exc.server_message) from exc
+
+
+@pytest.mark.parametrize("call", [_whoami_with_huggingface_hub, _server_message_of_huggingface_hub])
+def test_a_revoked_token_is_invalid_in_huggingface_hubs_words_without_a_status(
+    proxy, api_key, organization, make_token, standin_url, call
+):
+    # whoami's 401 is "Invalid user token."; the router's 401 body is its own sentence: neither names 401.
+    hf = make_token(organization, secret=f"hf_standin_invalid_{uuid.uuid4().hex}")
+
+    _, error = report_error_of_a_leased_token(proxy, api_key, call, standin_url)
+
+    assert "401" not in error, error  # what this test is about: the wording alone must say it
+    assert "error_type" not in SENT_REPORTS[-1]  # the helper's rules do not know these wordings either
+    assert Lease.objects.get(token=hf).error_type == "invalid_credentials", error
+    hf.refresh_from_db()
+    assert (hf.status, hf.last_error_type) == (Status.INVALID, "invalid_credentials"), error
 
 
 @pytest.mark.parametrize("client", ["huggingface_hub", "openai"])

@@ -67,6 +67,25 @@ CREDITS_402 = (
         # A 4xx the relay would not blame on the token: the request's own fault.
         ("404 Client Error: Not Found for url: https://router.huggingface.co/v1", "validation"),
         ("Client error '422 Unprocessable Entity' for url 'http://x/v1/chat/completions'", "validation"),
+        # huggingface_hub's BadRequestError names no status (with or without the server's message).
+        ("Bad request:", "validation"),
+        ("Bad request:\nModel standin/none is not supported", "validation"),
+        ("Bad request for commit endpoint:\nInvalid path", "validation"),
+        # Sentences that refuse the credentials without a status: the router's 401 body, whoami's 401.
+        ("Invalid credentials in Authorization header", "invalid_credentials"),
+        ("Invalid user token.", "invalid_credentials"),
+        ("Invalid user token. The token from HF_TOKEN environment variable is invalid.", "invalid_credentials"),
+        ("invalid token", "invalid_credentials"),
+        ("Invalid access token: hf_***", "invalid_credentials"),
+        ("Invalid token\nsee https://huggingface.co/settings/tokens", "invalid_credentials"),
+        # ... and words that only look like them.
+        ("invalid token_id", "unknown"),
+        ("Invalid token id 17", "unknown"),
+        ("invalid tokens in the prompt", "unknown"),
+        ("invalid tokenizer config", "unknown"),
+        ("error_type invalid_credentials from the portal", "unknown"),
+        ("Bad request.", "unknown"),
+        ("badrequest: nothing", "unknown"),
         # Numbers that are not a status in any client's wording.
         ("4010 tokens over the limit 401", "unknown"),
         ("Request ID: Root=1-429abc", "unknown"),
@@ -94,6 +113,12 @@ def test_classify_error_names_the_kind_of_failure(error, expected):
         ("Error code: 400 - {'error': 'rate limit of the prompt template exceeded'}", "validation"),
         ("Client error '422 Unprocessable Entity': connection field missing", "validation"),
         ("Client error '408 Request Timeout' for url", "timeout"),
+        # huggingface_hub's "Bad request:" is a status: it wins over words in the server's message.
+        ("Bad request:\nInvalid credentials in Authorization header", "validation"),
+        ("Bad request:\nupstream connection timed out", "validation"),
+        # A status wins over a sentence refusing the credentials; that sentence wins over the helper's words.
+        ("Client error '403 Forbidden': invalid token.", "validation"),
+        ("Invalid credentials in Authorization header (connection reset, read timed out)", "invalid_credentials"),
         # timeout before connection: "connection timed out" is a timeout.
         ("connection timed out", "timeout"),
         ("too many requests on this connection", "connection_error"),
