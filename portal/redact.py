@@ -1,5 +1,6 @@
 """Scrub secrets out of free text (client error messages, log lines) before it is stored or shown."""
 
+import logging
 import re
 from urllib.parse import unquote
 
@@ -38,3 +39,33 @@ def _scrubbed(text: str, known_secrets) -> str:
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else m.group(0)[:3]) + "***", text)
     return text
+
+
+class SecretsFilter(logging.Filter):
+    """Scrub every log line, whoever logs it: settings.LOGGING puts it on every handler. Django logs the
+    path of each 4xx and 5xx (`Not Found: /proxy/hf/hf_…`, decoded: `/x/Bearer hf_…`), libraries log URLs
+    and exception texts; no logger has to remember to redact.
+
+    The message is rendered and scrubbed; only when that changed something do msg and args become the
+    scrubbed text (a clean record keeps its template for handlers that group by it). The exception keeps its
+    exc_info; its formatted text is scrubbed into exc_text, which formatters print instead of formatting
+    exc_info again. Never drops a record."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken logging call: leave it for the handler to report, as logging does
+            message = None
+        if message is not None:
+            scrubbed = redact_secrets(message)
+            if scrubbed != message:
+                record.msg, record.args = scrubbed, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_secrets(record.stack_info)
+        return True

@@ -269,11 +269,22 @@ PORTAL_METRICS_TOKEN = os.environ.get("PORTAL_METRICS_TOKEN", "")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    # No secret in any log line: every handler scrubs what it writes (a handler added here needs it too;
+    # tests/portal/test_security_logs.py checks every handler of every logger).
+    "filters": {"secrets": {"()": "portal.redact.SecretsFilter"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["secrets"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    # httpx logs every upstream request at INFO: one line per relayed chat is noise, and costs.
-    "loggers": {"django.channels.server": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+    "loggers": {
+        # Django's defaults give these loggers handlers of their own (a console one under DEBUG, mail_admins,
+        # runserver's), which would write a record before the root's handler scrubs it: they log through the
+        # root's instead. mail_admins never sent anything here (no ADMINS).
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.channels.server": {"level": "WARNING"},
+        # httpx logs every upstream request at INFO: one line per relayed chat is noise, and costs.
+        "httpx": {"level": "WARNING"},
+    },
 }
 
 # Where Hugging Face lives; tests and `make demo` point these at the project's stand-in upstream.

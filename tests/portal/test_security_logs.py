@@ -9,9 +9,13 @@ where they must not be (the URL, a wrong scheme, unknown keys)."""
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 from django.test import Client
@@ -186,3 +190,124 @@ def test_an_in_process_session_logs_no_secret_at_debug_level(
     lines = [record.getMessage() for record in caplog.records] + [caplog.text]
     lines += [str(record.args) for record in caplog.records if record.args]
     assert leaked("\n".join(lines), secrets) == []
+
+
+# --- A secret in the URL path: Django logs the path of every 4xx and 5xx (django.request) --------------------
+
+
+def secret_paths(run: str) -> tuple[list[str], list[str]]:
+    """Paths that carry an HF token where a caller might paste one, and the secrets in them."""
+    secrets = [f"hf_SecretLeak{kind}{run}{uuid.uuid4().hex}" for kind in ("Admin", "Proxy", "Encoded", "Plain")]
+    paths = [
+        f"/admin/{secrets[0]}",
+        f"/proxy/hf/{secrets[1]}",
+        f"/x/Bearer%20{secrets[2]}",  # Django logs the path decoded: "/x/Bearer hf_…"
+        f"/token_{secrets[3]}",
+    ]
+    return paths, secrets
+
+
+def test_a_secret_in_the_url_path_is_not_in_the_live_workers_log(live_org, tmp_path_factory):
+    paths, secrets = secret_paths(uuid.uuid4().hex[:8])
+    anonymous = httpx.Client(base_url=live_org.url, timeout=TIMEOUT)
+    member = httpx.Client(base_url=live_org.url, headers={"Authorization": f"Bearer {live_org.user_key}"}, timeout=TIMEOUT)
+    marker = f"/after-the-secrets-{uuid.uuid4().hex}"  # no secret: its access line ends what this test wrote
+    with anonymous, member:
+        statuses = [client.get(path).status_code for path in paths for client in (anonymous, member)]
+        assert anonymous.get(marker).status_code == 404
+    assert all(status >= 400 for status in statuses), statuses
+
+    # Requests were sent one after the other, and daphne writes an access line once the response is sent.
+    deadline = time.monotonic() + TIMEOUT
+    while f'"GET {marker}' not in (log := daphne_log(tmp_path_factory)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f'"GET {marker}' in log
+    assert "django.request Not Found: /admin/hf_***" in log  # Django logged the requests, scrubbed
+    assert "django.request Not Found: /x/Bearer ***" in log
+    assert leaked(log, secrets) == [], "secrets in the daphne log"
+
+
+def test_a_secret_in_the_url_path_is_not_in_any_captured_log_record(
+    transactional_db, organization, make_member, client_for, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    paths, secrets = secret_paths(uuid.uuid4().hex[:8])
+    _, user_key = make_member(organization, Role.USER)
+
+    for client in (Client(), client_for(user_key)):
+        for path in paths:
+            assert client.get(path).status_code >= 400
+
+    logged = [record.getMessage() for record in caplog.records if record.name == "django.request"]
+    assert len(logged) == 2 * len(paths), logged
+    assert leaked("\n".join(logged) + caplog.text, secrets) == []
+
+
+# A worker's logging tree, as `python -m portal.serve` builds it: daphne's CLI calls logging.basicConfig, then
+# imports the application, which sets Django up with settings.LOGGING.
+WORKER_HANDLERS = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
+import portal.serve, portal.asgi
+loggers = [logging.getLogger(), *(l for l in logging.Logger.manager.loggerDict.values() if isinstance(l, logging.Logger))]
+handlers = [(l.name, h) for l in loggers for h in l.handlers if not isinstance(h, logging.NullHandler)]
+json.dump({"handlers": len(handlers), "unscrubbed": [f"{name}: {h!r}" for name, h in handlers
+          if not any(f"{type(f).__module__}.{type(f).__name__}" == "portal.redact.SecretsFilter" for f in h.filters)]},
+          sys.stdout)
+"""
+
+
+def test_every_handler_of_a_worker_scrubs_secrets():
+    """Handlers run down the logger tree, each on the record as it came: one without the filter (Django's
+    defaults give `django` and `django.server` their own) would write the secret before the root's handler
+    scrubs it. Checked in a fresh process: this one has pytest's handlers, and the clients' own (importing
+    huggingface_hub adds one to its logger), which a worker never imports."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings"}
+    worker = subprocess.run([sys.executable, "-c", WORKER_HANDLERS], env=env, cwd=Path(__file__).parents[2],
+                            capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 0, worker.stderr
+    found = json.loads(worker.stdout)
+
+    assert found["handlers"], "no handler at all: this test would prove nothing"
+    assert found["unscrubbed"] == []
+
+
+def _record(msg, *args, exc_info=None) -> logging.LogRecord:
+    return logging.LogRecord("django.request", logging.WARNING, __file__, 1, msg, args or None, exc_info)
+
+
+def test_the_filter_scrubs_the_rendered_message_and_keeps_the_exception():
+    from portal.redact import SecretsFilter
+
+    secret = f"hf_{uuid.uuid4().hex}"
+    try:
+        raise ValueError(f"upstream refused {secret}")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = _record("Not Found: %s (%d)", f"/x/Bearer {secret}", 404, exc_info=exc_info)
+
+    assert SecretsFilter().filter(record) is True  # it scrubs, it never drops a line
+
+    assert (record.getMessage(), record.args) == ("Not Found: /x/Bearer *** (404)", ())
+    assert record.exc_info is exc_info  # kept for handlers that want the exception itself
+    formatted = logging.Formatter("%(message)s").format(record)
+    assert "ValueError: upstream refused hf_***" in formatted and "Traceback" in formatted
+    assert secret not in formatted
+
+
+def test_the_filter_leaves_a_clean_record_as_it_was():
+    from portal.redact import SecretsFilter
+
+    args = ("/v1/chat/completions", 200)
+    record = _record("%s answered %d", *args)
+    SecretsFilter().filter(record)
+    assert (record.msg, record.args) == ("%s answered %d", args)
+
+    broken = _record("%s and %s", "one")  # a broken call stays broken: logging reports it, as it would
+    assert SecretsFilter().filter(broken) is True
+    assert (broken.msg, broken.args) == ("%s and %s", ("one",))
+
+    secret = f"pk_{uuid.uuid4().hex}"
+    not_text = _record(KeyError(secret))  # any object may be logged; its str() is what is written
+    SecretsFilter().filter(not_text)
+    assert not_text.getMessage() == "'pk_***'"
